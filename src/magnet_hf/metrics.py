@@ -20,23 +20,33 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 
 
+if TYPE_CHECKING:
+    import evaluate
+
+
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "EVALUATE_METRIC_PATH",
     "ReferringSegmentationMetric",
     "batched_intersection_and_union",
     "format_metrics_table",
     "intersection_and_union",
+    "load_evaluate_metric",
     "metrics_from_counts",
     "referring_segmentation_metrics",
 ]
 
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+#: Folder of the packaged `evaluate` module; pass it to `evaluate.load` (or use [`load_evaluate_metric`]).
+EVALUATE_METRIC_PATH = Path(__file__).resolve().parent / "evaluate_metric" / "referring_segmentation"
 
 Mask = Union[np.ndarray, torch.Tensor]
 Masks = Union[np.ndarray, torch.Tensor, Sequence[Mask]]
@@ -404,7 +414,7 @@ class ReferringSegmentationMetric:
         return metrics_from_counts(self.intersections, self.unions, self.thresholds)
 
 
-# ---------------------------------------------------------------------------------------------- presentation
+# ----------------------------------------------------------------------------------------- presentation / IO
 
 _TABLE_COLUMNS = (("overall_iou", "oIoU"), ("mean_iou", "mIoU"))
 
@@ -431,3 +441,14 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     row = "| " + " | ".join(cell.rjust(w) for cell, w in zip(cells, widths)) + " |"
     return "\n".join((header, rule, row))
 
+
+def load_evaluate_metric(**kwargs: Any) -> "evaluate.EvaluationModule":
+    """Loads the packaged `evaluate` module offline; `kwargs` go to `evaluate.load` (e.g. `cache_dir`).
+
+    Returns:
+        `evaluate.EvaluationModule`: use `add_batch(predictions=..., references=...)` and `compute()`; the keys and
+        numbers match [`referring_segmentation_metrics`].
+    """
+    import evaluate  # deferred: pulls in `datasets`, which plain metric users do not need
+
+    return evaluate.load(str(EVALUATE_METRIC_PATH), **kwargs)
