@@ -541,6 +541,16 @@ class MagNetPreTrainedModel(PreTrainedModel):
         if isinstance(module, MagNetSwinBlock):
             module._shift_masks.clear()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As in transformers; with Hub remote code, the saved `auto_map` names both model classes, so the folder
+        loads with `AutoModel` (the network) and `AutoModelForImageSegmentation` (with training losses) alike."""
+        if self._auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.setdefault("AutoModel", f"{__name__.split('.')[-1]}.MagNetModel")
+            auto_map.setdefault("AutoModelForImageSegmentation", f"{__name__.split('.')[-1]}.MagNetForReferringSegmentation")
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
         for module in self.modules():
             if isinstance(module, MagNetSwinStage):
@@ -558,6 +568,9 @@ class MagNetModel(MagNetPreTrainedModel):
     The MagNet inference network: image and language streams fused after each of four stages, a deformable pixel
     decoder and a one-query masked-attention decoder. Predicts one mask per (image, expression) pair.
     """
+
+    # Training-only heads of MagNetForReferringSegmentation, present when a full checkpoint is loaded as AutoModel.
+    _keys_to_ignore_on_load_unexpected = [r"^text_projection\."]
 
     def __init__(self, config: MagNetConfig):
         super().__init__(config)
