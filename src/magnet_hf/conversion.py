@@ -375,13 +375,13 @@ def convert_official_checkpoint(
 
 
 def _build_processor(tokenizer: str | Path, config: MagNetConfig):
-    from transformers import AutoTokenizer
+    from transformers import BertTokenizer
 
     from .image_processing_magnet import MagNetImageProcessor
     from .processing_magnet import MagNetProcessor
 
     try:
-        loaded = AutoTokenizer.from_pretrained(str(tokenizer))
+        loaded = BertTokenizer.from_pretrained(str(tokenizer))  # MagNet's language stream is always BERT
     except Exception as error:
         raise ConversionError(f"Could not load the tokenizer {tokenizer!r}: {error}") from error
     image_processor = MagNetImageProcessor(size={"height": config.image_size, "width": config.image_size})
@@ -401,3 +401,44 @@ def _replace_directory(source: Path, target: Path) -> None:
         backup.rename(target)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def build_argument_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Convert a released MagNet checkpoint into a magnet_hf (transformers) folder.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="released .pth (weights under 'model') or .safetensors")
+    parser.add_argument(
+        "--official-config",
+        help="JSON whose 'official_build_arguments' describe a reduced architecture (default: MagNet-B)",
+    )
+    parser.add_argument(
+        "--tokenizer", help="BERT tokenizer folder or Hub id (bert-base-uncased for the released weights)"
+    )
+    parser.add_argument("--output", required=True, help="folder to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit code (2 for a conversion error)."""
+    import sys
+
+    arguments = build_argument_parser().parse_args(argv)
+    try:
+        output = convert_official_checkpoint(
+            arguments.checkpoint,
+            arguments.output,
+            official_config=arguments.official_config,
+            tokenizer=arguments.tokenizer,
+            overwrite=arguments.overwrite,
+        )
+    except ConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Converted {arguments.checkpoint} -> {output}")
+    if arguments.tokenizer is None:
+        print("No --tokenizer given: the folder holds the model only; add a processor before using pipelines.")
+    return 0

@@ -193,7 +193,8 @@ class MagNetImageEncoder(nn.Module):
             strict_img_size=False,
             dynamic_img_pad=True,
         )
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        total = sum(config.depths)  # stochastic depth grows linearly over all blocks (plain Python: works on meta)
+        rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         starts = [sum(config.depths[:i]) for i in range(len(config.depths))]
         self.layers = nn.ModuleList(
             [
