@@ -18,6 +18,8 @@ from magnet_hf.data import ReferDataError, build_refer_dataset, explode_sentence
 from magnet_hf.data.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+# pycocotools (used by the reference masks) warns on every decode under numpy 2
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,10 @@ def decode_segmentation(segmentation: Any, height: int, width: int, *, where: st
             rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
         else:
             raise ReferDataError(f"{where}: unsupported segmentation type {type(segmentation).__name__}.")
-        decoded = mask_utils.decode(rle)
+        with warnings.catch_warnings():
+            # pycocotools passes copy=False to numpy 2 and warns on every decode; nothing to act on.
+            warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+            decoded = mask_utils.decode(rle)
     except ReferDataError:
         raise
     except Exception as error:  # pycocotools raises bare exceptions on malformed input
