@@ -17,17 +17,23 @@ VOCAB = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
     "the", "a", "man", "woman", "left", "right", "red", "blue", "green", "yellow", "small", "big",
     "circle", "square", "triangle", "shape", "of", "second", "first", "third", "from", "biggest",
-    "smallest", "above", "below", "dog", "cat", "on", "in", "white", "shirt", "car", "person",
+    "smallest", "above", "below", "top", "bottom", "dog", "cat", "on", "in", "white", "shirt", "car", "person",
 ]  # fmt: skip
 
 
 def make_tokenizer(tmp_path: Path):
-    """A tiny uncased BERT WordPiece tokenizer built from a local vocab file."""
+    """A tiny uncased BERT WordPiece tokenizer built from a local vocab file.
+
+    transformers 5 takes the file as ``vocab=`` (``vocab_file=`` is silently ignored there and
+    leaves only the special tokens).
+    """
     from transformers import BertTokenizerFast
 
     vocab = Path(tmp_path) / "vocab.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    assert tokenizer.vocab_size == len(VOCAB)
+    return tokenizer
 
 
 # --- miniature refer tree ------------------------------------------------------------------
@@ -156,3 +162,38 @@ def reference_mask(segmentation, height: int, width: int) -> np.ndarray:
     if isinstance(segmentation["counts"], list):
         return mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width)).astype(np.uint8)
     return mask_utils.decode({"size": segmentation["size"], "counts": segmentation["counts"].encode()}).astype(np.uint8)
+
+
+class TinyProcessor:
+    """Stand-in with the ``MagNetProcessor`` call interface, for tests only.
+
+    ``processor(images=[PIL...], text=[str...], return_tensors="pt")`` -> dict with
+    ``pixel_values`` (B, 3, S, S) float (bilinear resize, scaled to [0, 1]), ``input_ids`` and
+    ``attention_mask`` padded to ``max_length``.
+    """
+
+    def __init__(self, tokenizer, size: int = 32, max_length: int = 20):
+        from types import SimpleNamespace
+
+        self.tokenizer = tokenizer
+        self.image_processor = SimpleNamespace(size={"height": size, "width": size})
+        self.max_length = max_length
+
+    def __call__(self, images=None, text=None, return_tensors="pt"):
+        import torch
+        from transformers import BatchFeature
+
+        s = self.image_processor.size
+        pixels = np.stack(
+            [np.asarray(im.convert("RGB").resize((s["width"], s["height"]), Image.BILINEAR)) for im in images]
+        )
+        encoded = self.tokenizer(
+            text, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        return BatchFeature(
+            {
+                "pixel_values": torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0,
+                "input_ids": encoded["input_ids"],
+                "attention_mask": encoded["attention_mask"],
+            }
+        )

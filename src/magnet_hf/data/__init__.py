@@ -6,9 +6,12 @@
   (``jxu124/refcoco*`` rows plus local COCO images, ``lmms-lab/RefCOCO*`` evaluation splits).
 - :func:`explode_sentences`: one row per sentence, for evaluation.
 - :func:`build_synthetic_dataset`: offline synthetic referring scenes for tests, smoke runs and demos.
+- :class:`DataCollatorForReferringSegmentation`: processor inputs, resized masks and Mask Grounding
+  inputs for training and evaluation.
 - :func:`safe_load_pickle`: restricted loading of refs pickles.
 """
 
+from .collate import DataCollatorForReferringSegmentation, PhotometricAugment, mask_tokens
 from .errors import ReferDataError
 from .explode import explode_sentences
 from .hub_layouts import (
@@ -26,6 +29,8 @@ from .schema import PARTITIONS, REFER_FEATURES, partition_splits
 from .synthetic import Scene, SceneObject, build_synthetic_dataset, describe_objects, generate_scene
 
 __all__ = [
+    "DataCollatorForReferringSegmentation",
+    "PhotometricAugment",
     "PARTITIONS",
     "REFER_FEATURES",
     "ReferDataError",
@@ -38,6 +43,7 @@ __all__ = [
     "from_jxu124",
     "from_lmms",
     "load_hub_layout",
+    "mask_tokens",
     "refer_partition_index",
     "build_synthetic_dataset",
     "describe_objects",
