@@ -20,6 +20,9 @@ from magnet_hf.data import (
     refer_partition_index,
 )
 
+# pycocotools (used by the reference masks) warns on every decode under numpy 2
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 JXU124_SPLITS = {"train": "train", "val": "validation", "testA": "test", "testB": "testB"}
 
 

@@ -42,9 +42,9 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Image, load_dataset
 from PIL import Image as PILImage
 
-from .errors import ReferDataError
+from .errors import ReferDataError, first_items
 from .masks import decode_segmentation
-from .refer import _from_plans, _listed, load_instances, refer_paths
+from .refer import dataset_from_plans, load_instances, refer_paths
 from .safe_pickle import safe_load_pickle
 from .schema import REFER_FEATURES, partition_splits
 
@@ -173,14 +173,14 @@ def from_jxu124(
     if missing and not skip_missing:
         unique = sorted(set(missing))
         raise ReferDataError(
-            f"{len(unique)} image files are missing from {coco_images} (first: {_listed(unique)}); "
+            f"{len(unique)} image files are missing from {coco_images} (first: {first_items(unique)}); "
             "point coco_images at the COCO train2014 folder or pass skip_missing=True."
         )
     if missing:
         warnings.warn(f"skipped {len(missing)} rows whose image is missing from {coco_images}", stacklevel=2)
     cache = None if cache_dir is None else os.fspath(cache_dir)
     names = _rename_splits(list(plans))
-    return DatasetDict({names[split]: _from_plans(plans[split], names[split], cache, num_proc) for split in plans})
+    return DatasetDict({names[split]: dataset_from_plans(plans[split], names[split], cache, num_proc) for split in plans})
 
 
 def _lmms_batch(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:

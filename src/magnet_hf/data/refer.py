@@ -25,7 +25,7 @@ from datasets import Dataset, DatasetDict, NamedSplit, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 from PIL import Image as PILImage
 
-from .errors import ReferDataError
+from .errors import ReferDataError, first_items
 from .masks import decode_segmentation
 from .safe_pickle import safe_load_pickle
 from .schema import REFER_FEATURES, partition_splits
@@ -34,7 +34,6 @@ from .storage import atomic_output_dir
 logger = logging.getLogger(__name__)
 
 _REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences", "category_id")
-_MAX_LISTED = 5
 
 
 def refer_paths(refer_root: str | os.PathLike, dataset: str, split_by: str) -> tuple[Path, Path]:
@@ -56,11 +55,6 @@ def load_instances(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(instances, dict) or not all(isinstance(instances.get(k), list) for k in ("images", "annotations")):
         raise ReferDataError(f"{path} must be a JSON object with 'images' and 'annotations' lists.")
     return instances
-
-
-def _listed(items: list[Any]) -> str:
-    shown = ", ".join(map(str, items[:_MAX_LISTED]))
-    return shown + (", ..." if len(items) > _MAX_LISTED else "")
 
 
 def _validate_refs(refs: Any, refs_path: Path) -> list[dict[str, Any]]:
@@ -123,24 +117,24 @@ def plan_refer_rows(
     if bad_ann:
         raise ReferDataError(
             f"{len(bad_ann)} ref(s) in {refs_path} point to ann_id(s) missing from {instances_path} "
-            f"(ref_id {_listed(bad_ann)}); the refs and instances files do not belong together."
+            f"(ref_id {first_items(bad_ann)}); the refs and instances files do not belong together."
         )
     bad_img = [ref["ref_id"] for ref in refs if ref["image_id"] not in images]
     if bad_img:
         raise ReferDataError(
             f"{len(bad_img)} ref(s) in {refs_path} point to image_id(s) missing from {instances_path} "
-            f"(ref_id {_listed(bad_img)}); the refs and instances files do not belong together."
+            f"(ref_id {first_items(bad_img)}); the refs and instances files do not belong together."
         )
     mismatched = [ref["ref_id"] for ref in refs if annotations[ref["ann_id"]].get("image_id") != ref["image_id"]]
     if mismatched:
         raise ReferDataError(
             f"{len(mismatched)} ref(s) in {refs_path} have an image_id different from their annotation's in "
-            f"{instances_path} (ref_id {_listed(mismatched)})."
+            f"{instances_path} (ref_id {first_items(mismatched)})."
         )
     no_seg = sorted({ref["ann_id"] for ref in refs if not annotations[ref["ann_id"]].get("segmentation")})
     if no_seg:
         raise ReferDataError(
-            f"{instances_path}: annotation(s) {_listed(no_seg)} referred to in {refs_path} have no 'segmentation'."
+            f"{instances_path}: annotation(s) {first_items(no_seg)} referred to in {refs_path} have no 'segmentation'."
         )
 
     coco_images = Path(coco_images)
@@ -150,12 +144,12 @@ def plan_refer_rows(
     missing = [name for name in needed if not (coco_images / name).is_file()]
     if missing and not skip_missing:
         raise ReferDataError(
-            f"{len(missing)} of {len(needed)} image files are missing from {coco_images} (first: {_listed(missing)}). "
+            f"{len(missing)} of {len(needed)} image files are missing from {coco_images} (first: {first_items(missing)}). "
             "Point --coco-images at the COCO train2014 folder, or pass --skip-missing to build without them."
         )
     if missing:
         logger.warning(
-            "Skipping %d missing image file(s) from %s (first: %s).", len(missing), coco_images, _listed(missing)
+            "Skipping %d missing image file(s) from %s (first: %s).", len(missing), coco_images, first_items(missing)
         )
     missing_set = set(missing)
 
@@ -223,7 +217,20 @@ def _generate_rows(plans: list[dict[str, Any]]):
         yield make_row(plan)
 
 
-def _from_plans(plans: list[dict[str, Any]], split: str, cache_dir: str | None, num_proc: int | None) -> Dataset:
+def dataset_from_plans(
+    plans: list[dict[str, Any]], split: str, cache_dir: str | None = None, num_proc: int | None = None
+) -> Dataset:
+    """Generate a :data:`REFER_FEATURES` split from row plans with :meth:`datasets.Dataset.from_generator`.
+
+    Args:
+        plans: as returned per split by :func:`plan_refer_rows` (see :func:`make_row`).
+        split: split name recorded in the dataset info.
+        cache_dir: where ``datasets`` writes the Arrow files (default: its cache).
+        num_proc: processes; the plans are sharded between them.
+
+    Raises:
+        ReferDataError: from :func:`make_row` (unreadable image, size mismatch, bad segmentation).
+    """
     if not plans:
         return Dataset.from_dict({name: [] for name in REFER_FEATURES}, features=REFER_FEATURES, split=NamedSplit(split))
     try:
@@ -291,7 +298,7 @@ def build_refer_dataset(
         skip_missing=skip_missing,
     )
     cache = None if cache_dir is None else os.fspath(cache_dir)
-    return DatasetDict({split: _from_plans(plans[split], split, cache, num_proc) for split in splits})
+    return DatasetDict({split: dataset_from_plans(plans[split], split, cache, num_proc) for split in splits})
 
 
 def prepare_refer_dataset(
