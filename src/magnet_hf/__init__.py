@@ -1,3 +1,52 @@
-"""magnet_hf: MagNet (Mask Grounding for Referring Image Segmentation) for Hugging Face transformers."""
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""magnet_hf: MagNet (Mask Grounding for Referring Image Segmentation, CVPR 2024) for Hugging Face transformers.
+
+Importing the package registers MagNet with the Auto classes, and marks the classes for Hub remote code so that a
+saved folder loads with `trust_remote_code=True` in a process that never imports magnet_hf.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageSegmentation,
+    AutoProcessor,
+)
+
+from .configuration_magnet import PRESETS, MagNetConfig
+from .image_processing_magnet import MagNetImageError, MagNetImageProcessor
+from .modeling_magnet import (
+    MagNetForReferringSegmentation,
+    MagNetModel,
+    MagNetModelOutput,
+    MagNetPreTrainedModel,
+    MagNetReferringSegmentationOutput,
+)
+from .processing_magnet import MagNetProcessor
 
 __version__ = "0.1.0"
+
+AutoConfig.register(MagNetConfig.model_type, MagNetConfig, exist_ok=True)
+AutoModel.register(MagNetConfig, MagNetModel, exist_ok=True)
+AutoModelForImageSegmentation.register(MagNetConfig, MagNetForReferringSegmentation, exist_ok=True)
+AutoImageProcessor.register(MagNetConfig, slow_image_processor_class=MagNetImageProcessor, exist_ok=True)
+AutoProcessor.register(MagNetConfig, MagNetProcessor, exist_ok=True)
+
+MagNetConfig.register_for_auto_class()
+MagNetModel.register_for_auto_class("AutoModel")
+MagNetForReferringSegmentation.register_for_auto_class("AutoModelForImageSegmentation")
+MagNetImageProcessor.register_for_auto_class("AutoImageProcessor")
+MagNetProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "PRESETS",
+    "MagNetConfig",
+    "MagNetForReferringSegmentation",
+    "MagNetImageError",
+    "MagNetImageProcessor",
+    "MagNetModel",
+    "MagNetModelOutput",
+    "MagNetPreTrainedModel",
+    "MagNetProcessor",
+    "MagNetReferringSegmentationOutput",
+]

@@ -1,0 +1,834 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch MagNet: Mask Grounding for Referring Image Segmentation (Chng et al., CVPR 2024).
+
+The network is LAVT-style early fusion (a Swin image stream and a BERT language stream that read each other after
+every stage) followed by Mask2Former's deformable pixel decoder and a one-query masked-attention decoder. Every
+behaviour of the released inference network is reproduced, quirks included, so that converted official weights give
+the official numbers; see `DESIGN.md` section 2 of the project for the list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
+from timm.models.swin_transformer import (
+    PatchMerging,
+    SwinTransformerBlock,
+    WindowAttention,
+    get_relative_position_index,
+    window_partition,
+    window_reverse,
+)
+from torch import nn
+from transformers import BertModel, Mask2FormerConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+    Mask2FormerSinePositionEmbedding,
+    Mask2FormerTransformerModule,
+)
+from transformers.utils import ModelOutput, logging
+
+from .configuration_magnet import MagNetConfig
+
+logger = logging.get_logger(__name__)
+
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors become fp32; fp32 and fp64 stay as they are."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+# The released language fusion multiplies its queries by BERT's additive mask, whose padding value is this.
+RELEASED_ADDITIVE_MASK_VALUE = -10000.0
+
+
+@dataclass
+class MagNetModelOutput(ModelOutput):
+    r"""
+    Outputs of [`MagNetModel`].
+
+    Args:
+        pred_masks (`torch.FloatTensor` of shape `(batch_size, 1, height / 4, width / 4)`):
+            Mask logits of the final decoder layer for the single query.
+        pred_logits (`torch.FloatTensor` of shape `(batch_size, 1, 2)`):
+            Class logits (object, no-object) of the final decoder layer.
+        auxiliary_predictions (`tuple[dict[str, torch.FloatTensor]]`):
+            The `{"pred_masks", "pred_logits"}` of every earlier prediction (before the first decoder layer and after
+            each but the last), used for deep supervision.
+        mask_features (`torch.FloatTensor` of shape `(batch_size, decoder_hidden_size, height / 4, width / 4)`):
+            Per-pixel embeddings that the query's mask embedding is dotted with.
+        text_features (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`, *optional*):
+            The language stream after its last fusion; returned with `output_hidden_states=True` or when a caller
+            asks for it (training losses).
+        fused_features (`tuple[torch.FloatTensor]`, *optional*):
+            The four fused maps handed to the pixel decoder (strides 4, 8, 16, 32; widths C, 2C, 4C, 8C); returned
+            with `output_hidden_states=True`.
+    """
+
+    pred_masks: torch.FloatTensor | None = None
+    pred_logits: torch.FloatTensor | None = None
+    auxiliary_predictions: tuple[dict[str, torch.FloatTensor], ...] | None = None
+    mask_features: torch.FloatTensor | None = None
+    text_features: torch.FloatTensor | None = None
+    fused_features: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MagNetReferringSegmentationOutput(MagNetModelOutput):
+    r"""
+    Outputs of [`MagNetForReferringSegmentation`]: those of [`MagNetModel`] plus, when `labels` are given,
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Weighted sum of the training losses.
+        loss_dict (`dict[str, torch.FloatTensor]`, *optional*):
+            Each unweighted loss term, for logging.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict[str, torch.FloatTensor] | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Image stream: timm's Swin modules, run with the released padding order
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MagNetSwinBlock(SwinTransformerBlock):
+    """
+    timm's Swin block (same modules and weight names) run the way the released MagNet ran it: the normalised map is
+    zero-padded to whole windows *before* the cyclic shift, the shift mask is built on the padded grid, and a map
+    smaller than the window is padded up to it instead of shrinking the window. timm's own block rolls first and pads
+    after, and clamps the window to small maps; both give different numbers from the released weights' training.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(always_partition=True, dynamic_mask=True, **kwargs)
+        self._shift_masks: dict[tuple, torch.Tensor] = {}
+
+    def _shift_mask(self, padded: torch.Tensor) -> torch.Tensor:
+        """Shift mask `(num_windows, window_area, window_area)` for this padded size, built once and reused."""
+        key = (padded.shape[1], padded.shape[2], padded.device, padded.dtype)
+        if key not in self._shift_masks:
+            self._shift_masks[key] = self.get_attn_mask(padded[:1, :, :, :1])
+        return self._shift_masks[key]
+
+    def _attn(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # hidden_states: (batch, height, width, channels), already normalised by norm1
+        batch_size, height, width, channels = hidden_states.shape
+        window_height, window_width = self.window_size
+        pad_bottom = (window_height - height % window_height) % window_height
+        pad_right = (window_width - width % window_width) % window_width
+        padded = F.pad(hidden_states, (0, 0, 0, pad_right, 0, pad_bottom))
+        padded_height, padded_width = padded.shape[1], padded.shape[2]
+
+        has_shift = any(self.shift_size)
+        if has_shift:
+            padded = torch.roll(padded, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        mask = self._shift_mask(padded) if has_shift else None
+
+        windows = window_partition(padded, self.window_size).view(-1, self.window_area, channels)
+        windows = self.attn(windows, mask=mask)  # (num_windows * batch, window_area, channels)
+        windows = windows.view(-1, window_height, window_width, channels)
+        padded = window_reverse(windows, self.window_size, padded_height, padded_width)
+
+        if has_shift:
+            padded = torch.roll(padded, shifts=self.shift_size, dims=(1, 2))
+        return padded[:, :height, :width, :].contiguous()
+
+
+class MagNetSwinStage(nn.Module):
+    """One Swin stage in timm's layout: patch merging first (stages 2-4), then the blocks. Works on NHWC maps."""
+
+    def __init__(self, config: MagNetConfig, stage_index: int, drop_path_rates: list[float]):
+        super().__init__()
+        dim = config.stage_dims[stage_index]
+        resolution = config.image_size // config.patch_size // 2**stage_index
+        self.downsample = PatchMerging(dim=dim // 2, out_dim=dim) if stage_index > 0 else nn.Identity()
+        self.blocks = nn.Sequential(
+            *[
+                MagNetSwinBlock(
+                    dim=dim,
+                    input_resolution=(resolution, resolution),
+                    num_heads=config.num_heads[stage_index],
+                    window_size=config.window_size,
+                    shift_size=0 if block_index % 2 == 0 else config.window_size // 2,
+                    mlp_ratio=config.mlp_ratio,
+                    drop_path=drop_path_rates[block_index],
+                )
+                for block_index in range(config.depths[stage_index])
+            ]
+        )
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # (batch, height, width, channels_in) -> (batch, height', width', channels)
+        hidden_states = self.downsample(hidden_states)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training:
+                hidden_states = torch.utils.checkpoint.checkpoint(block, hidden_states, use_reentrant=False)
+            else:
+                hidden_states = block(hidden_states)
+        return hidden_states
+
+
+class MagNetImageEncoder(nn.Module):
+    """Swin transformer (timm modules and weight names) cut into its four stages so that fusion can run between them."""
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__()
+        self.patch_embed = PatchEmbed(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=config.num_channels,
+            embed_dim=config.embed_dim,
+            norm_layer=nn.LayerNorm,
+            output_fmt="NHWC",
+            strict_img_size=False,
+            dynamic_img_pad=True,
+        )
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        starts = [sum(config.depths[:i]) for i in range(len(config.depths))]
+        self.layers = nn.ModuleList(
+            [
+                MagNetSwinStage(config, i, rates[start : start + depth])
+                for i, (start, depth) in enumerate(zip(starts, config.depths))
+            ]
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cross-modal fusion
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MagNetResidualGate(nn.Module):
+    """`x + tanh(W2 act(W1 r)) * r`: how much of a fusion residual `r` enters a stream. Zero-initialised."""
+
+    def __init__(self, dim: int, activation: type[nn.Module]):
+        super().__init__()
+        self.in_proj = nn.Linear(dim, dim, bias=False)
+        self.activation = activation()
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        gate = torch.tanh(self.out_proj(self.activation(self.in_proj(residual))))
+        return hidden_states + gate * residual
+
+
+class MagNetPixelWordAttention(nn.Module):
+    """
+    Image-side pixel-word attention (LAVT's PWAM): every pixel attends over the words with a single full-width head,
+    and the attended language gates a projection of the pixel.
+
+    Inputs are `pixels` `(batch, num_pixels, dim)`, `words` `(batch, num_words, text_dim)` and a 0/1 `word_mask`
+    `(batch, num_words)`; the output is the fusion residual `(batch, num_pixels, dim)`.
+    """
+
+    def __init__(self, dim: int, text_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.visual_projection = nn.Linear(dim, dim)
+        self.query_projection = nn.Linear(dim, dim)
+        self.query_norm = nn.LayerNorm(dim)
+        self.key_projection = nn.Linear(text_dim, dim)
+        self.value_projection = nn.Linear(text_dim, dim)
+        self.output_projection = nn.Linear(dim, dim)
+        self.output_norm = nn.LayerNorm(dim)
+        self.fusion_projection = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = dim**-0.5
+
+    def forward(self, pixels: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        visual = self.dropout(F.gelu(self.visual_projection(pixels)))
+        word_mask = word_mask.to(words.dtype)
+        query = self.query_norm(self.query_projection(pixels))  # (batch, num_pixels, dim)
+        key = self.key_projection(words) * word_mask[..., None]  # (batch, num_words, dim)
+        value = self.value_projection(words) * word_mask[..., None]
+        scores = torch.matmul(query, key.transpose(1, 2)) * self.scale  # (batch, num_pixels, num_words)
+        scores = scores + (1e4 * word_mask[:, None, :] - 1e4)
+        attended = torch.matmul(scores.softmax(dim=-1), value)  # (batch, num_pixels, dim)
+        attended = self.output_norm(self.output_projection(attended))
+        return self.dropout(F.gelu(self.fusion_projection(visual * attended)))
+
+
+class MagNetPyramidBranch(nn.Module):
+    """Pools the stage map to `pool_size`², runs a narrow pixel-word attention there and upsamples back."""
+
+    def __init__(self, dim: int, text_dim: int, pool_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.pool_size = pool_size
+        self.expand = nn.Linear(dim, 4 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim, eps=1e-6)
+        self.reduce = nn.Linear(4 * dim, dim, bias=False)
+        self.squeeze = nn.Linear(dim, dim // 4, bias=False)
+        self.pixel_word_attention = MagNetPixelWordAttention(dim // 4, text_dim, dropout)
+
+    def forward(self, feature_map: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        # feature_map: (batch, dim, height, width) -> (batch, dim / 4, height, width)
+        batch_size, _, height, width = feature_map.shape
+        pooled = F.adaptive_avg_pool2d(feature_map, self.pool_size).flatten(2).transpose(1, 2)  # (batch, p*p, dim)
+        pooled = self.squeeze(F.gelu(self.reduce(self.norm(self.expand(pooled)))))
+        pooled = self.pixel_word_attention(pooled, words, word_mask)  # (batch, p*p, dim / 4)
+        pooled = pooled.transpose(1, 2).reshape(batch_size, -1, self.pool_size, self.pool_size)
+        return F.interpolate(pooled, size=(height, width), mode="bilinear", align_corners=True)
+
+
+class MagNetImageFusion(nn.Module):
+    """
+    The paper's image-side Cross-modal Alignment Module for one stage: pixel-word attention at full resolution plus a
+    pyramid of pooled ones, mixed into the stage's feature for the decoder; the full-resolution residual also enters
+    the image stream through a gate (absent after the last stage, whose gated output fed nothing in the release).
+    """
+
+    def __init__(self, dim: int, text_dim: int, pool_sizes: list[int], dropout: float, has_gate: bool):
+        super().__init__()
+        self.pixel_word_attention = MagNetPixelWordAttention(dim, text_dim, dropout)
+        self.gate = MagNetResidualGate(dim, nn.GELU) if has_gate else None
+        self.pyramid = nn.ModuleList([MagNetPyramidBranch(dim, text_dim, p, dropout) for p in pool_sizes])
+        mixed = dim + len(pool_sizes) * (dim // 4)
+        self.mixer = nn.Sequential(nn.Linear(mixed, dim), nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+
+    def forward(
+        self, visual: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """
+        `visual` `(batch, height, width, dim)` is the stage's Swin output before fusion. Returns the gated map for the
+        next Swin stage (`None` without a gate) and the fused feature `(batch, dim, height, width)` for the decoder.
+        """
+        batch_size, height, width, dim = visual.shape
+        pixels = visual.reshape(batch_size, height * width, dim)
+        residual = self.pixel_word_attention(pixels, words, word_mask)
+        feature_map = visual.permute(0, 3, 1, 2)
+        mixed = [branch(feature_map, words, word_mask).flatten(2).transpose(1, 2) for branch in self.pyramid]
+        fused = self.mixer(torch.cat(mixed + [residual], dim=-1))  # (batch, height * width, dim)
+        fused = fused.transpose(1, 2).reshape(batch_size, dim, height, width)
+        gated = None
+        if self.gate is not None:
+            gated = self.gate(pixels, residual).view(batch_size, height, width, dim)
+        return gated, fused
+
+
+def _normalize_over_positions(hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Instance norm of `(batch, positions, channels)` over the positions (no affine, eps 1e-5), optionally only over
+    positions where `mask` `(batch, positions)` is 1; masked positions then come out as zeros."""
+    if mask is None:
+        mean = hidden_states.mean(dim=1, keepdim=True)
+        variance = hidden_states.var(dim=1, unbiased=False, keepdim=True)
+        return (hidden_states - mean) / torch.sqrt(variance + 1e-5)
+    weights = mask.to(hidden_states.dtype)[..., None]
+    count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    mean = (hidden_states * weights).sum(dim=1, keepdim=True) / count
+    variance = ((hidden_states - mean) ** 2 * weights).sum(dim=1, keepdim=True) / count
+    return (hidden_states - mean) / torch.sqrt(variance + 1e-5) * weights
+
+
+class MagNetWordPixelAttention(nn.Module):
+    """
+    Language-side fusion: every word attends over the pixels (keys and values instance-normalised over pixels), and
+    the attended vision gates a projection of the word.
+
+    With `released_masking` (what the released weights need), the queries are multiplied by BERT's *additive* mask:
+    real words get an all-zero query (so they average the pixels) and padding positions a query scaled by -1e4; the
+    output is instance-normalised over all positions, padding included, so results depend on the padded length. This
+    module always runs in fp32: under fp16 the -1e4 x -1e4 products overflow.
+
+    Inputs: `words` `(batch, num_words, text_dim)`, `pixels` `(batch, num_pixels, visual_dim)`, 0/1 `word_mask`
+    `(batch, num_words)`. Output: the fusion residual `(batch, num_words, text_dim)`.
+    """
+
+    def __init__(self, text_dim: int, visual_dim: int, dropout: float = 0.0, released_masking: bool = True):
+        super().__init__()
+        self.released_masking = released_masking
+        self.visual_projection = nn.Linear(text_dim, text_dim)
+        self.query_projection = nn.Linear(text_dim, text_dim)
+        self.key_projection = nn.Linear(visual_dim, text_dim)
+        self.value_projection = nn.Linear(visual_dim, text_dim)
+        self.output_projection = nn.Linear(text_dim, text_dim)
+        self.fusion_projection = nn.Linear(text_dim, text_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = text_dim**-0.5
+
+    def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=words.device.type, enabled=False):
+            words, pixels = _at_least_float32(words), _at_least_float32(pixels)
+            word_mask = word_mask.to(words.dtype)
+            visual = self.dropout(F.gelu(self.visual_projection(words)))
+            if self.released_masking:
+                query_scale = (1.0 - word_mask) * RELEASED_ADDITIVE_MASK_VALUE  # 0 for words, -1e4 for padding
+            else:
+                query_scale = word_mask
+            query = self.query_projection(words) * query_scale[..., None]  # (batch, num_words, text_dim)
+            key = _normalize_over_positions(self.key_projection(pixels))  # (batch, num_pixels, text_dim)
+            value = _normalize_over_positions(self.value_projection(pixels))
+            scores = torch.matmul(query, key.transpose(1, 2)) * self.scale  # (batch, num_words, num_pixels)
+            if self.released_masking:
+                # Constant along the softmax axis, so it masks nothing; kept because at fp32 it rounds the padding
+                # rows' huge scores exactly as they were rounded when the released weights were trained.
+                scores = scores + (1e4 * query_scale[..., None] - 1e4)
+            attended = self.output_projection(torch.matmul(scores.softmax(dim=-1), value))
+            attended = _normalize_over_positions(attended, None if self.released_masking else word_mask)
+            return self.dropout(F.gelu(self.fusion_projection(visual * attended)))
+
+
+class MagNetLanguageFusion(nn.Module):
+    """Language-side fusion of one stage: word-pixel attention whose residual enters the language stream through a gate."""
+
+    def __init__(self, text_dim: int, visual_dim: int, dropout: float, released_masking: bool):
+        super().__init__()
+        self.word_pixel_attention = MagNetWordPixelAttention(text_dim, visual_dim, dropout, released_masking)
+        self.gate = MagNetResidualGate(text_dim, nn.ReLU)
+
+    def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        residual = self.word_pixel_attention(words, pixels, word_mask)
+        return self.gate(_at_least_float32(words), residual).to(words.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pixel decoder: Mask2Former's multi-scale deformable encoder over all four fused maps
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MagNetPixelDecoderLayer(nn.Module):
+    """Post-norm deformable self-attention + ReLU FFN over the flattened multi-scale tokens `(batch, tokens, hidden)`."""
+
+    def __init__(self, config: MagNetConfig, num_levels: int):
+        super().__init__()
+        hidden = config.decoder_hidden_size
+        self.self_attn = Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention(
+            embed_dim=hidden,
+            num_heads=config.pixel_decoder_num_heads,
+            n_levels=num_levels,
+            n_points=config.pixel_decoder_num_points,
+        )
+        self.self_attn_layer_norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, config.pixel_decoder_feedforward_size)
+        self.fc2 = nn.Linear(config.pixel_decoder_feedforward_size, hidden)
+        self.final_layer_norm = nn.LayerNorm(hidden)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        attended, _ = self.self_attn(
+            hidden_states=hidden_states,
+            encoder_hidden_states=hidden_states,
+            position_embeddings=position_embeddings,
+            reference_points=reference_points,
+            spatial_shapes_list=spatial_shapes,
+            level_start_index=level_start_index,
+        )
+        hidden_states = self.self_attn_layer_norm(hidden_states + attended)
+        feedforward = self.fc2(F.relu(self.fc1(hidden_states)))
+        return self.final_layer_norm(hidden_states + feedforward)
+
+
+class MagNetPixelDecoder(nn.Module):
+    """
+    Projects the four fused maps to `decoder_hidden_size`, refines them jointly with deformable attention, and returns
+    the mask features (stride 4) and the stride-32/16/8 maps the transformer decoder cycles through. No FPN convs: all
+    four levels go through the deformable encoder.
+    """
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__()
+        hidden = config.decoder_hidden_size
+        self.input_projections = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(dim, hidden, kernel_size=1), nn.GroupNorm(32, hidden)) for dim in config.stage_dims[::-1]]
+        )  # coarse to fine
+        self.position_embedding = Mask2FormerSinePositionEmbedding(num_position_features=hidden // 2, normalize=True)
+        self.level_embed = nn.Parameter(torch.zeros(len(config.stage_dims), hidden))
+        self.layers = nn.ModuleList(
+            [MagNetPixelDecoderLayer(config, len(config.stage_dims)) for _ in range(config.pixel_decoder_layers)]
+        )
+        self.mask_projection = nn.Conv2d(hidden, hidden, kernel_size=1)
+
+    @staticmethod
+    def reference_points(spatial_shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+        """Pixel centres of every level in [0, 1], `(1, tokens, levels, 2)` as (x, y)."""
+        points = []
+        for height, width in spatial_shapes:
+            y, x = torch.meshgrid(
+                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
+                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
+                indexing="ij",
+            )
+            points.append(torch.stack((x.reshape(-1) / width, y.reshape(-1) / height), dim=-1))
+        return torch.cat(points, dim=0)[None, :, None, :].expand(-1, -1, len(spatial_shapes), -1)
+
+    def forward(self, fused_features: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`fused_features`: fine to coarse `(batch, C_k, H_k, W_k)`. Returns `(mask_features, [1/32, 1/16, 1/8 maps])`."""
+        sources, positions, spatial_shapes = [], [], []
+        for level, (feature, projection) in enumerate(zip(fused_features[::-1], self.input_projections)):
+            feature = _at_least_float32(feature)  # the sampling and GroupNorm stay in fp32 at least, as released
+            spatial_shapes.append(tuple(feature.shape[-2:]))
+            sources.append(projection(feature).flatten(2).transpose(1, 2))
+            position = self.position_embedding(feature.shape, feature.device, feature.dtype)
+            positions.append(position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
+        hidden_states = torch.cat(sources, dim=1)  # (batch, tokens, hidden)
+        position_embeddings = torch.cat(positions, dim=1)
+        sizes = [height * width for height, width in spatial_shapes]
+        level_start_index = torch.tensor([0] + sizes[:-1], device=hidden_states.device).cumsum(0)
+        reference_points = self.reference_points(spatial_shapes, hidden_states.device)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, position_embeddings, reference_points, spatial_shapes, level_start_index)
+        maps = [
+            level.transpose(1, 2).reshape(level.shape[0], -1, height, width)
+            for level, (height, width) in zip(hidden_states.split(sizes, dim=1), spatial_shapes)
+        ]
+        return self.mask_projection(maps[-1]), maps[:3]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pre-trained model and the network
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MagNetPreTrainedModel(PreTrainedModel):
+    config: MagNetConfig
+    config_class = MagNetConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MagNetSwinBlock", "BertLayer", "MagNetPixelDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, MagNetResidualGate):
+            # The gates start closed so that new training begins from the unimodal streams.
+            init.zeros_(module.in_proj.weight)
+            init.zeros_(module.out_proj.weight)
+        elif isinstance(module, Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
+            init.constant_(module.sampling_offsets.weight, 0.0)
+            thetas = torch.arange(module.n_heads, dtype=torch.float32) * (2.0 * math.pi / module.n_heads)
+            grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+            grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(module.n_heads, 1, 1, 2)
+            grid = grid.repeat(1, module.n_levels, module.n_points, 1)
+            grid = grid * torch.arange(1, module.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+            init.copy_(module.sampling_offsets.bias, grid.view(-1))
+            init.constant_(module.attention_weights.weight, 0.0)
+            init.constant_(module.attention_weights.bias, 0.0)
+            init.xavier_uniform_(module.value_proj.weight)
+            init.constant_(module.value_proj.bias, 0.0)
+            init.xavier_uniform_(module.output_proj.weight)
+            init.constant_(module.output_proj.bias, 0.0)
+        elif isinstance(module, WindowAttention):
+            init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+            # A non-persistent buffer: checkpoints do not carry it, so it is rebuilt whenever weights are initialised.
+            init.copy_(module.relative_position_index, get_relative_position_index(*module.window_size))
+        elif isinstance(module, MagNetPixelDecoder):
+            init.normal_(module.level_embed, std=1.0)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=1.0)
+        if isinstance(module, MagNetSwinBlock):
+            module._shift_masks.clear()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As in transformers; with Hub remote code, the saved `auto_map` names both model classes, so the folder
+        loads with `AutoModel` (the network) and `AutoModelForImageSegmentation` (with training losses) alike."""
+        if self._auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.setdefault("AutoModel", f"{__name__.split('.')[-1]}.MagNetModel")
+            auto_map.setdefault("AutoModelForImageSegmentation", f"{__name__.split('.')[-1]}.MagNetForReferringSegmentation")
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+        for module in self.modules():
+            if isinstance(module, MagNetSwinStage):
+                module.gradient_checkpointing = enable
+        text_encoder = getattr(getattr(self, self.base_model_prefix, self), "text_encoder", None)
+        if text_encoder is not None:
+            if enable:
+                text_encoder.gradient_checkpointing_enable()
+            else:
+                text_encoder.gradient_checkpointing_disable()
+
+
+class MagNetModel(MagNetPreTrainedModel):
+    """
+    The MagNet inference network: image and language streams fused after each of four stages, a deformable pixel
+    decoder and a one-query masked-attention decoder. Predicts one mask per (image, expression) pair.
+    """
+
+    # Training-only heads of MagNetForReferringSegmentation, present when a full checkpoint is loaded as AutoModel.
+    _keys_to_ignore_on_load_unexpected = [r"^text_projection\."]
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__(config)
+        text_dim = config.text_config.hidden_size
+        self.image_encoder = MagNetImageEncoder(config)
+        self.text_encoder = BertModel(config.text_config, add_pooling_layer=False)
+        num_stages = len(config.stage_dims)
+        self.image_fusions = nn.ModuleList(
+            [
+                MagNetImageFusion(dim, text_dim, config.fusion_pool_sizes, config.fusion_dropout, has_gate=i < num_stages - 1)
+                for i, dim in enumerate(config.stage_dims)
+            ]
+        )
+        self.language_fusions = nn.ModuleList(
+            [
+                MagNetLanguageFusion(text_dim, dim, config.fusion_dropout, config.released_language_masking)
+                for dim in config.stage_dims
+            ]
+        )
+        self.pixel_decoder = MagNetPixelDecoder(config)
+        self.transformer_decoder = Mask2FormerTransformerModule(
+            in_features=config.decoder_hidden_size, config=self._mask2former_config(config)
+        )
+        self.class_predictor = nn.Linear(config.decoder_hidden_size, 2)
+        self.post_init()
+
+    @staticmethod
+    def _mask2former_config(config: MagNetConfig) -> Mask2FormerConfig:
+        """The settings transformers' Mask2Former decoder reads, taken from the MagNet config."""
+        return Mask2FormerConfig(
+            hidden_dim=config.decoder_hidden_size,
+            mask_feature_size=config.decoder_hidden_size,
+            feature_size=config.decoder_hidden_size,
+            num_queries=config.num_queries,
+            # Mask2Former's decoder builds `decoder_layers - 1` layers (the first prediction needs no layer).
+            decoder_layers=config.decoder_layers + 1,
+            num_attention_heads=config.decoder_num_heads,
+            dim_feedforward=config.decoder_feedforward_size,
+            pre_norm=False,
+            dropout=0.0,
+            enforce_input_projection=False,
+        )
+
+    def _check_inputs(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        if pixel_values is None or input_ids is None:
+            raise ValueError("MagNet needs both `pixel_values` and `input_ids` (use MagNetProcessor to make them).")
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"`pixel_values` must be (batch, {self.config.num_channels}, height, width), got {tuple(pixel_values.shape)}."
+            )
+        if input_ids.dim() != 2 or input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"`input_ids` must be (batch, sequence_length) with the batch of `pixel_values` "
+                f"({pixel_values.shape[0]}), got {tuple(input_ids.shape)}."
+            )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` {tuple(attention_mask.shape)} must match `input_ids` {tuple(input_ids.shape)}."
+            )
+        limit = self.config.text_config.max_position_embeddings
+        if input_ids.shape[1] > limit:
+            raise ValueError(f"Sequences of {input_ids.shape[1]} tokens exceed BERT's {limit} positions.")
+        minimum = self.config.patch_size * 2 ** (len(self.config.depths) - 1)
+        if min(pixel_values.shape[-2:]) < minimum:
+            raise ValueError(f"Images must be at least {minimum}x{minimum} pixels, got {tuple(pixel_values.shape[-2:])}.")
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        output_text_features: bool = False,
+        **kwargs,
+    ) -> MagNetModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images ([`MagNetImageProcessor`]).
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                BERT token ids of one expression per image, padded with id 0 to the training length (20 for the
+                released weights: the language fusion normalises over padding, so the length changes results).
+            attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                1 on real tokens, 0 on padding. Defaults to all ones.
+            output_hidden_states (`bool`, *optional*):
+                Also return `fused_features` and `text_features`.
+            output_text_features (`bool`, *optional*, defaults to `False`):
+                Run the last language fusion and return `text_features` (training losses need it).
+
+        Returns: [`MagNetModelOutput`], or a tuple of its non-`None` fields when `return_dict=False`.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_inputs(pixel_values, input_ids, attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        want_text = output_hidden_states or output_text_features
+
+        words = self.text_encoder.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        text_attention_mask = create_bidirectional_mask(
+            config=self.text_encoder.config, inputs_embeds=words, attention_mask=attention_mask
+        )
+        visual = self.image_encoder.patch_embed(pixel_values)  # (batch, H/4, W/4, C)
+
+        fused_features = []
+        layer_start = 0
+        num_stages = len(self.image_encoder.layers)
+        for stage, layer_end in enumerate(self.config.text_stage_end_layers):
+            visual = self.image_encoder.layers[stage](visual)
+            for layer in self.text_encoder.encoder.layer[layer_start:layer_end]:
+                words = layer(words, attention_mask=text_attention_mask)
+            layer_start = layer_end
+            # Both sides read each other's pre-fusion outputs.
+            gated_visual, fused = self.image_fusions[stage](visual, words, attention_mask)
+            fused_features.append(fused)
+            is_last = stage == num_stages - 1
+            if not is_last or want_text:
+                pixels = visual.flatten(1, 2)
+                words = self.language_fusions[stage](words, pixels, attention_mask)
+            if not is_last:
+                visual = gated_visual
+
+        mask_features, multi_scale_features = self.pixel_decoder(tuple(fused_features))
+        decoded = self.transformer_decoder(multi_scale_features=multi_scale_features, mask_features=mask_features)
+        mask_predictions = decoded.masks_queries_logits
+        class_predictions = [self.class_predictor(hidden.transpose(0, 1)) for hidden in decoded.intermediate_hidden_states]
+        auxiliary = tuple(
+            {"pred_masks": masks, "pred_logits": logits}
+            for masks, logits in zip(mask_predictions[:-1], class_predictions[:-1])
+        )
+        output = MagNetModelOutput(
+            pred_masks=mask_predictions[-1],
+            pred_logits=class_predictions[-1],
+            auxiliary_predictions=auxiliary,
+            mask_features=mask_features,
+            text_features=words if want_text else None,
+            fused_features=tuple(fused_features) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def load_pretrained_image_encoder(self, name_or_path: str | Path) -> None:
+        """Loads Swin weights from a timm model name (downloads) or a local `.pth`/`.bin`/`.safetensors` file (timm or
+        original Microsoft layout). Fusion and decoder weights are untouched. Raises `ValueError` if nothing matches."""
+        state_dict = load_swin_state_dict(name_or_path, self.image_encoder)
+        _load_matching(self.image_encoder, state_dict, f"Swin weights from {name_or_path}")
+
+    def load_pretrained_text_encoder(self, name_or_path: str | Path) -> None:
+        """Loads BERT weights from a Hub id or a local folder (`BertModel.from_pretrained`)."""
+        source = BertModel.from_pretrained(str(name_or_path), add_pooling_layer=False)
+        _load_matching(self.text_encoder, source.state_dict(), f"BERT weights from {name_or_path}")
+
+
+def load_swin_state_dict(name_or_path: str | Path, image_encoder: MagNetImageEncoder) -> dict[str, torch.Tensor]:
+    """Reads Swin weights (timm name, or a local file in timm's or Microsoft's layout) and maps them onto
+    `image_encoder`'s names with timm's own filter (moves the original end-of-stage patch merging to timm's
+    start-of-stage, resizes position-bias tables to the window)."""
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    path = Path(name_or_path)
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state_dict = load_file(str(path))
+        else:
+            try:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:
+                raise ValueError(f"Could not read Swin weights from {path}: {error}") from error
+    elif path.exists():
+        raise ValueError(f"{path} is a folder; pass a Swin weights file (.pth, .bin or .safetensors) or a timm name.")
+    else:
+        import timm
+
+        try:
+            state_dict = timm.create_model(str(name_or_path), pretrained=True, num_classes=0).state_dict()
+        except Exception as error:
+            raise ValueError(
+                f"{name_or_path!r} is neither a local file nor a loadable timm model ({error}). "
+                "Offline, pass the path of a downloaded checkpoint."
+            ) from error
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{name_or_path} does not hold a state dict.")
+    state_dict = checkpoint_filter_fn(state_dict, image_encoder)
+    return {k: v for k, v in state_dict.items() if k.startswith(("patch_embed.", "layers."))}
+
+
+def _load_matching(module: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """Copies `state_dict` into `module`, requiring every parameter of `module` to be present with its shape."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    wrong = sorted(k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape))
+    if missing or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} (first: {missing[:5]})")
+        if wrong:
+            details.append(
+                "mis-shaped " + ", ".join(f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:5])
+            )
+        raise ValueError(f"Cannot load {what}: " + "; ".join(details) + ". Is it the right architecture?")
+    module.load_state_dict({k: state_dict[k] for k in own}, strict=True)
+
+
+class MagNetForReferringSegmentation(MagNetPreTrainedModel):
+    """
+    [`MagNetModel`] plus what training needs (`text_projection`, the released `lang_proj`, used by the alignment
+    loss). With `labels` it returns the segmentation loss (sigmoid BCE + dice on the mask and class cross-entropy,
+    on every decoder prediction).
+    """
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__(config)
+        self.model = MagNetModel(config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.decoder_hidden_size)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        labels: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MagNetReferringSegmentationOutput | tuple:
+        r"""
+        Args:
+            pixel_values, input_ids, attention_mask, output_hidden_states: as in [`MagNetModel.forward`].
+            labels (`torch.FloatTensor` of shape `(batch_size, height, width)`, *optional*):
+                0/1 ground-truth masks at any resolution; they are compared with the mask logits at stride 4.
+
+        Returns: [`MagNetReferringSegmentationOutput`], or a tuple of its non-`None` fields when `return_dict=False`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            pixel_values, input_ids, attention_mask, output_hidden_states=output_hidden_states, return_dict=True
+        )
+        loss = loss_dict = None
+        if labels is not None:
+            from .losses_magnet import segmentation_losses
+
+            loss, loss_dict = segmentation_losses(outputs, labels, self.config)
+        output = MagNetReferringSegmentationOutput(loss=loss, loss_dict=loss_dict, **outputs)
+        return output if return_dict else output.to_tuple()
+
+    def load_pretrained_image_encoder(self, name_or_path: str | Path) -> None:
+        """See [`MagNetModel.load_pretrained_image_encoder`]."""
+        self.model.load_pretrained_image_encoder(name_or_path)
+
+    def load_pretrained_text_encoder(self, name_or_path: str | Path) -> None:
+        """See [`MagNetModel.load_pretrained_text_encoder`]."""
+        self.model.load_pretrained_text_encoder(name_or_path)
+
+
+__all__ = ["MagNetModel", "MagNetForReferringSegmentation", "MagNetPreTrainedModel", "MagNetModelOutput",
+           "MagNetReferringSegmentationOutput"]
