@@ -164,36 +164,13 @@ def reference_mask(segmentation, height: int, width: int) -> np.ndarray:
     return mask_utils.decode({"size": segmentation["size"], "counts": segmentation["counts"].encode()}).astype(np.uint8)
 
 
-class TinyProcessor:
-    """Stand-in with the ``MagNetProcessor`` call interface, for tests only.
+def make_processor(tmp_path: Path, size: int = 32, max_length: int = 20):
+    """The real ``MagNetProcessor`` with a small image size and the offline tokenizer."""
+    from magnet_hf.image_processing_magnet import MagNetImageProcessor
+    from magnet_hf.processing_magnet import MagNetProcessor
 
-    ``processor(images=[PIL...], text=[str...], return_tensors="pt")`` -> dict with
-    ``pixel_values`` (B, 3, S, S) float (bilinear resize, scaled to [0, 1]), ``input_ids`` and
-    ``attention_mask`` padded to ``max_length``.
-    """
-
-    def __init__(self, tokenizer, size: int = 32, max_length: int = 20):
-        from types import SimpleNamespace
-
-        self.tokenizer = tokenizer
-        self.image_processor = SimpleNamespace(size={"height": size, "width": size})
-        self.max_length = max_length
-
-    def __call__(self, images=None, text=None, return_tensors="pt"):
-        import torch
-        from transformers import BatchFeature
-
-        s = self.image_processor.size
-        pixels = np.stack(
-            [np.asarray(im.convert("RGB").resize((s["width"], s["height"]), Image.BILINEAR)) for im in images]
-        )
-        encoded = self.tokenizer(
-            text, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
-        )
-        return BatchFeature(
-            {
-                "pixel_values": torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0,
-                "input_ids": encoded["input_ids"],
-                "attention_mask": encoded["attention_mask"],
-            }
-        )
+    return MagNetProcessor(
+        image_processor=MagNetImageProcessor(size={"height": size, "width": size}),
+        tokenizer=make_tokenizer(tmp_path),
+        max_length=max_length,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from data_fixtures import TinyProcessor, make_tokenizer
+from data_fixtures import make_processor
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -22,7 +22,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    return TinyProcessor(make_tokenizer(tmp_path_factory.mktemp("tok")), size=SIZE, max_length=20)
+    return make_processor(tmp_path_factory.mktemp("tok"), size=SIZE, max_length=20)
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +171,5 @@ def test_invalid_arguments(processor):
         DataCollatorForReferringSegmentation(processor, mask_ratio=1.5)
     with pytest.raises(ValueError, match="image_processor.size"):
         DataCollatorForReferringSegmentation(object())
+    with pytest.raises(ValueError, match="seed"):
+        DataCollatorForReferringSegmentation(processor, seed=-1)

@@ -74,6 +74,17 @@ def mask_tokens(
     return masked, labels
 
 
+def _height_width(size: Any) -> tuple[int, int]:
+    # A plain dict or transformers' SizeDict (which image processors hold after loading).
+    try:
+        height, width = int(size["height"]), int(size["width"])
+    except (TypeError, KeyError, ValueError):
+        height, width = getattr(size, "height", None), getattr(size, "width", None)
+    if not isinstance(height, int) or not isinstance(width, int) or height <= 0 or width <= 0:
+        raise ValueError(f"processor.image_processor.size must give a positive 'height' and 'width', got {size!r}.")
+    return height, width
+
+
 class PhotometricAugment:
     """Random brightness, contrast and saturation; geometry is untouched.
 
@@ -133,9 +144,7 @@ class DataCollatorForReferringSegmentation:
         seed: int = 0,
         augment: Augment | None = None,
     ):
-        size = getattr(getattr(processor, "image_processor", None), "size", None)
-        if not isinstance(size, dict) or not {"height", "width"} <= set(size):
-            raise ValueError("processor.image_processor.size must be a dict with 'height' and 'width'.")
+        size = _height_width(getattr(getattr(processor, "image_processor", None), "size", None))
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None or tokenizer.mask_token_id is None:
             raise ValueError("processor.tokenizer must define a [MASK] token (mask_token_id).")
@@ -144,7 +153,7 @@ class DataCollatorForReferringSegmentation:
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}.")
         self.processor = processor
-        self.size = (int(size["height"]), int(size["width"]))
+        self.size = size
         self.train = train
         self.mask_grounding = train if mask_grounding is None else mask_grounding
         self.mask_ratio = mask_ratio
