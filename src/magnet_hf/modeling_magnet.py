@@ -552,17 +552,6 @@ class MagNetPreTrainedModel(PreTrainedModel):
             self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
-        for module in self.modules():
-            if isinstance(module, MagNetSwinStage):
-                module.gradient_checkpointing = enable
-        text_encoder = getattr(getattr(self, self.base_model_prefix, self), "text_encoder", None)
-        if text_encoder is not None:
-            if enable:
-                text_encoder.gradient_checkpointing_enable()
-            else:
-                text_encoder.gradient_checkpointing_disable()
-
 
 class MagNetModel(MagNetPreTrainedModel):
     """
