@@ -384,7 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the evaluation CLI; returns the exit status (0 success, 2 bad input)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # argparse already printed the usage and the reason
+        return int(exit.code or 0)
     try:
         if args.output and Path(args.output).exists() and not args.overwrite:
             # Refuse before spending minutes on the evaluation.
