@@ -197,3 +197,4 @@ def test_library_rejects_bad_arguments(model, tiny_processor, split):
         evaluate_referring_segmentation(model, tiny_processor, split, batch_size=0)
     with pytest.raises(EvaluationError, match="resolution"):
         evaluate_referring_segmentation(model, tiny_processor, split, resolution="full")
+

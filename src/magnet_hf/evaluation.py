@@ -389,8 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit:  # argparse already printed the usage and the reason
         return int(exit.code or 0)
     try:
-        if args.output and Path(args.output).exists() and not args.overwrite:
-            # Refuse before spending minutes on the evaluation.
+        main_rank = int(os.environ.get("RANK", "0")) == 0
+        if main_rank and args.output and Path(args.output).exists() and not args.overwrite:
+            # Refuse before spending minutes on the evaluation; only rank 0 writes, so only it may refuse (other
+            # ranks could see the file rank 0 has just written).
             raise EvaluationError(f"{args.output} already exists; pass --overwrite to replace it.")
         model, processor = _load_model_and_processor(args.model)
         split = load_evaluation_split(
