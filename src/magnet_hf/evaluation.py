@@ -1,0 +1,451 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""Evaluation of MagNet on a referring segmentation split: oIoU, mIoU and precision@t.
+
+Every sentence of every referred object is one sample. Two protocols are offered:
+
+- `"released"`: the prediction is post-processed at the model's input size (square) and compared with the ground
+  truth resized to that size with nearest neighbour. This is how the released code scored its published numbers.
+- `"original"`: the prediction is resized to the image's own size and compared with the untouched ground truth.
+
+The loop runs under `accelerate launch` as well as in one process: each process scores its shard, and only two
+integers per sample (intersection and union) travel between processes.
+
+Use [`evaluate_referring_segmentation`] from Python, or [`main`] (behind `scripts/evaluate.py`) from the shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .metrics import DEFAULT_THRESHOLDS, ReferringSegmentationMetric, format_metrics_table
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "RESOLUTIONS",
+    "EvaluationError",
+    "build_parser",
+    "evaluate_referring_segmentation",
+    "load_evaluation_split",
+    "main",
+    "update_model_card",
+    "write_results",
+]
+
+RESOLUTIONS = ("released", "original")
+REQUIRED_COLUMNS = ("image", "mask", "sentences")
+_METRIC_NAMES = {"overall_iou": "oIoU", "mean_iou": "mIoU"}
+
+
+class EvaluationError(ValueError):
+    """Bad input to an evaluation (missing model, unknown split, unusable dataset, ...); the CLI prints it plainly."""
+
+
+# ------------------------------------------------------------------------------------------------- batching
+
+
+def _ground_truth(mask: Image.Image) -> np.ndarray:
+    # `> 0` rather than `== 1` so that masks stored as 0/255 PNGs score the same as 0/1 ones, like the collator.
+    return np.asarray(mask.convert("L")) > 0
+
+
+class _EvaluationCollator:
+    """Rows of an exploded split to model inputs plus boolean ground-truth masks at the protocol's resolution.
+
+    Masks stay a list of arrays: at `"original"` resolution every image may have its own size, so they cannot be
+    stacked, and they never need to leave the process that scores them.
+    """
+
+    def __init__(self, processor: Any, resolution: str):
+        self.processor = processor
+        self.resolution = resolution
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        images = [row["image"].convert("RGB") for row in rows]
+        texts = [row["sentences"][0] for row in rows]
+        batch = self.processor(images=images, text=texts, return_tensors="pt")
+        height, width = batch["pixel_values"].shape[-2:]
+        masks = []
+        for row in rows:
+            mask = row["mask"]
+            if self.resolution == "released":
+                mask = mask.convert("L").resize((width, height), Image.Resampling.NEAREST)
+            masks.append(_ground_truth(mask))
+        return {
+            "pixel_values": batch["pixel_values"],
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "original_sizes": batch["original_sizes"],
+            "masks": masks,
+        }
+
+
+def _check_dataset(dataset: Any) -> None:
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset):
+        raise EvaluationError(f"Expected one `datasets.Dataset` split, got {type(dataset).__name__}.")
+    missing = [name for name in REQUIRED_COLUMNS if name not in dataset.column_names]
+    if missing:
+        raise EvaluationError(
+            f"The dataset lacks the column(s) {missing}; referring segmentation needs {list(REQUIRED_COLUMNS)}, "
+            f"found {dataset.column_names}."
+        )
+
+
+def _one_row_per_sentence(dataset: Any) -> Any:
+    from .data import explode_sentences
+
+    # An already exploded split must not be exploded again: that would overwrite its sentence_index column.
+    if "sentence_index" in dataset.column_names:
+        return dataset
+    return explode_sentences(dataset)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def evaluate_referring_segmentation(
+    model: torch.nn.Module,
+    processor: Any,
+    dataset: Any,
+    *,
+    batch_size: int = 8,
+    resolution: str = "released",
+    accelerator: Any = None,
+    progress: bool = True,
+    threshold: float = 0.5,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+) -> dict[str, float | int]:
+    """Scores a MagNet model on one referring segmentation split.
+
+    Args:
+        model ([`MagNetForReferringSegmentation`]):
+            The model; it is put in eval mode (and on the accelerator's device, when one is given).
+        processor ([`MagNetProcessor`]):
+            Prepares images and sentences and post-processes the predictions.
+        dataset (`datasets.Dataset`):
+            A split with at least the columns `image`, `mask` (0/1 or 0/255 "L" images) and `sentences`. One row
+            per referred object is exploded to one row per sentence; an already exploded split (with a
+            `sentence_index` column) is used as is.
+        batch_size (`int`, *optional*, defaults to 8):
+            Samples per forward pass (per process).
+        resolution (`str`, *optional*, defaults to `"released"`):
+            `"released"` scores at the model's input size with the ground truth resized by nearest neighbour (the
+            published protocol); `"original"` scores at each image's own size against the untouched ground truth.
+        accelerator (`accelerate.Accelerator`, *optional*):
+            Shards the split across processes; counts are gathered on every process, so all return the same
+            numbers. Without one, everything runs in this process on the model's device.
+        progress (`bool`, *optional*, defaults to `True`):
+            Show a tqdm progress bar (on the main process only).
+        threshold (`float`, *optional*, defaults to 0.5):
+            Probability above which a pixel is predicted foreground (the released value).
+        thresholds (`Sequence[float]`, *optional*, defaults to `(0.5, 0.6, 0.7, 0.8, 0.9)`):
+            IoU thresholds of the `precision@t` entries.
+
+    Returns:
+        `dict`: `overall_iou`, `mean_iou`, `precision@t` (fractions in [0, 1]) and `num_samples`.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise EvaluationError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if resolution not in RESOLUTIONS:
+        raise EvaluationError(f"resolution must be one of {list(RESOLUTIONS)}, got {resolution!r}.")
+    _check_dataset(dataset)
+    samples = _one_row_per_sentence(dataset)
+    if len(samples) == 0:
+        raise EvaluationError("The split has no (object, sentence) sample to evaluate.")
+
+    from tqdm.auto import tqdm
+
+    loader = torch.utils.data.DataLoader(
+        samples, batch_size=batch_size, shuffle=False, collate_fn=_EvaluationCollator(processor, resolution)
+    )
+    model.eval()
+    if accelerator is not None:
+        model = model.to(accelerator.device)
+        # A prepared loader gives each process its shard and pads the last batches with repeated samples, which
+        # `gather_for_metrics` then drops again, so no sample is counted twice.
+        loader = accelerator.prepare(loader)
+        device, is_main = accelerator.device, accelerator.is_main_process
+    else:
+        device, is_main = next(model.parameters()).device, True
+
+    metric = ReferringSegmentationMetric(thresholds)
+    for batch in tqdm(loader, desc=f"evaluate ({resolution})", disable=not (progress and is_main)):
+        outputs = model(
+            pixel_values=batch["pixel_values"].to(device),
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+        )
+        if resolution == "released":
+            target_sizes = [tuple(batch["pixel_values"].shape[-2:])] * len(batch["masks"])
+        else:
+            target_sizes = batch["original_sizes"].tolist()
+        predictions = processor.post_process_referring_segmentation(outputs, target_sizes, threshold=threshold)
+        counts = torch.tensor(
+            [_counts(result["mask"], gt) for result, gt in zip(predictions, batch["masks"])],
+            dtype=torch.int64,
+            device=device,
+        ).reshape(-1, 2)
+        if accelerator is not None:
+            counts = accelerator.gather_for_metrics(counts)
+        metric.add_counts(counts[:, 0].cpu(), counts[:, 1].cpu())
+    return metric.compute()
+
+
+def _counts(prediction: torch.Tensor, ground_truth: np.ndarray) -> tuple[int, int]:
+    prediction = prediction.cpu().numpy()
+    if prediction.shape != ground_truth.shape:  # a processor whose post-processing ignores target_sizes
+        raise EvaluationError(
+            f"Prediction of shape {prediction.shape} does not match ground truth of shape {ground_truth.shape}."
+        )
+    return int(np.count_nonzero(prediction & ground_truth)), int(np.count_nonzero(prediction | ground_truth))
+
+
+# ------------------------------------------------------------------------------------------ loading inputs
+
+
+def load_evaluation_split(
+    dataset: str, split: str, *, synthetic_images: int = 10, synthetic_seed: int = 0, image_size: int = 128
+) -> Any:
+    """Loads one split from a `save_to_disk` folder, a Hub id / local dataset (`load_dataset`), or `"synthetic"`.
+
+    Raises:
+        EvaluationError: the dataset cannot be loaded or has no such split (the message lists the available ones).
+    """
+    import datasets
+
+    if dataset == "synthetic":
+        from .data import build_synthetic_dataset
+
+        # All images go to the requested split: a synthetic evaluation should not waste most of its scenes.
+        splits = build_synthetic_dataset({split: synthetic_images}, image_size=image_size, seed=synthetic_seed)
+    elif Path(dataset).is_dir() and (
+        (Path(dataset) / "dataset_dict.json").is_file() or (Path(dataset) / "dataset_info.json").is_file()
+    ):
+        splits = datasets.load_from_disk(dataset)
+    else:
+        try:
+            splits = datasets.load_dataset(dataset)
+        except Exception as error:  # datasets raises many types; the user only needs the reason
+            raise EvaluationError(f"Could not load dataset {dataset!r}: {error}") from error
+    if isinstance(splits, datasets.Dataset):
+        splits = datasets.DatasetDict({split: splits}) if split in (None, "", "train") else datasets.DatasetDict()
+    if split not in splits:
+        raise EvaluationError(f"Dataset {dataset!r} has no split {split!r}; available splits: {sorted(splits)}.")
+    return splits[split]
+
+
+def _load_model_and_processor(model_path: str) -> tuple[Any, Any]:
+    from .modeling_magnet import MagNetForReferringSegmentation
+    from .processing_magnet import MagNetProcessor
+
+    path = Path(model_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise EvaluationError(f"{model_path!r} is not a saved model folder (no config.json).")
+    elif model_path.startswith((".", "/", "~")) or model_path.count("/") > 1:
+        # Not a Hub id either, so asking the Hub would only hide the real problem behind a network error.
+        raise EvaluationError(f"Model folder {model_path!r} does not exist.")
+    try:
+        model = MagNetForReferringSegmentation.from_pretrained(model_path)
+        processor = MagNetProcessor.from_pretrained(model_path)
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"Could not load model and processor from {model_path!r}: {error}") from error
+    return model, processor
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def write_results(results: dict[str, Any], output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Writes `results` as JSON atomically: a temporary sibling file renamed into place, so a crash leaves no
+    half-written file.
+
+    Raises:
+        EvaluationError: `output` exists and `overwrite` is false.
+    """
+    output = Path(output).expanduser().absolute()
+    if output.exists() and not overwrite:
+        raise EvaluationError(f"{output} already exists; pass --overwrite to replace it.")
+    if not output.parent.is_dir():
+        raise EvaluationError(f"Folder of the output does not exist: {output.parent}")
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(results, file, indent=2)
+            file.write("\n")
+        os.replace(temporary, output)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return output
+
+
+def update_model_card(
+    model_dir: str | os.PathLike,
+    metrics: dict[str, Any],
+    *,
+    dataset: str,
+    split: str,
+    resolution: str,
+    dataset_name: str | None = None,
+) -> Path:
+    """Records `metrics` in the `model-index` metadata of `model_dir/README.md`, keeping the rest of the card.
+
+    An entry with the same task, dataset, split, metric and resolution (stored as `metric_config`) is replaced, so
+    re-running an evaluation never duplicates it. A minimal card is created when the folder has none.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    path = Path(model_dir) / "README.md"
+    if path.is_file():
+        card = ModelCard.load(path)
+    else:
+        data = ModelCardData(library_name="transformers", pipeline_tag="image-segmentation")
+        card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {Path(model_dir).name}\n\nA MagNet referring segmentation model.\n")
+    if not card.data.model_name:
+        card.data.model_name = Path(model_dir).resolve().name
+    new = [
+        EvalResult(
+            task_type="image-segmentation",
+            task_name="Referring image segmentation",
+            dataset_type=dataset,
+            dataset_name=dataset_name or dataset,
+            dataset_split=split,
+            metric_type=key,
+            metric_name=_METRIC_NAMES.get(key, key.replace("precision@", "P@")),
+            metric_config=resolution,
+            metric_value=round(100 * float(value), 2),
+        )
+        for key, value in metrics.items()
+        if key != "num_samples"
+    ]
+
+    def identity(result: Any) -> tuple:
+        return (result.task_type, result.dataset_type, result.dataset_split, result.metric_type, result.metric_config)
+
+    replaced = {identity(result) for result in new}
+    kept = [result for result in (card.data.eval_results or []) if identity(result) not in replaced]
+    card.data.eval_results = kept + new
+    card.save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of `scripts/evaluate.py`."""
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Evaluate a MagNet model on a referring segmentation split (oIoU, mIoU, precision@t). "
+        "Run with `accelerate launch` to use several processes.",
+    )
+    parser.add_argument("--model", required=True, help="saved model folder (with its processor) or Hub id")
+    parser.add_argument("--dataset", required=True, help="save_to_disk folder, Hub id / local dataset, or 'synthetic'")
+    parser.add_argument("--split", required=True, help="split to evaluate, e.g. val, testA")
+    parser.add_argument("--batch-size", type=_positive_int, default=8, help="samples per forward pass and process")
+    parser.add_argument("--resolution", choices=RESOLUTIONS, default="released", help="scoring resolution")
+    parser.add_argument("--output", help="write the results to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--update-model-card", action="store_true", help="record the metrics in the model's README")
+    parser.add_argument("--max-samples", type=_positive_int, help="evaluate only the first N (object, sentence) samples")
+    parser.add_argument("--synthetic-images", type=_positive_int, default=10, help="images of --dataset synthetic")
+    parser.add_argument("--synthetic-seed", type=int, default=0, help="seed of --dataset synthetic")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the evaluation CLI; returns the exit status (0 success, 2 bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # argparse already printed the usage and the reason
+        return int(exit.code or 0)
+    try:
+        main_rank = int(os.environ.get("RANK", "0")) == 0
+        if main_rank and args.output and Path(args.output).exists() and not args.overwrite:
+            # Refuse before spending minutes on the evaluation; only rank 0 writes, so only it may refuse (other
+            # ranks could see the file rank 0 has just written).
+            raise EvaluationError(f"{args.output} already exists; pass --overwrite to replace it.")
+        model, processor = _load_model_and_processor(args.model)
+        split = load_evaluation_split(
+            args.dataset,
+            args.split,
+            synthetic_images=args.synthetic_images,
+            synthetic_seed=args.synthetic_seed,
+            image_size=int(getattr(model.config, "image_size", 128)),
+        )
+        _check_dataset(split)
+        samples = _one_row_per_sentence(split)
+        if args.max_samples is not None:
+            samples = samples.select(range(min(args.max_samples, len(samples))))
+        accelerator = _accelerator_if_launched()
+        metrics = evaluate_referring_segmentation(
+            model,
+            processor,
+            samples,
+            batch_size=args.batch_size,
+            resolution=args.resolution,
+            accelerator=accelerator,
+            progress=not args.no_progress,
+        )
+        if accelerator is not None and not accelerator.is_main_process:
+            return 0
+        print(format_metrics_table(metrics))
+        results = {
+            "model": args.model,
+            "dataset": args.dataset,
+            "split": args.split,
+            "resolution": args.resolution,
+            "num_samples": metrics["num_samples"],
+            "metrics": {key: value for key, value in metrics.items() if key != "num_samples"},
+        }
+        if args.output:
+            print(f"Results written to {write_results(results, args.output, args.overwrite)}")
+        if args.update_model_card:
+            if not Path(args.model).is_dir():
+                raise EvaluationError("--update-model-card needs a local model folder, not a Hub id.")
+            card = update_model_card(
+                args.model, metrics, dataset=args.dataset, split=args.split, resolution=args.resolution
+            )
+            print(f"Model card updated: {card}")
+    except EvaluationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _accelerator_if_launched() -> Any:
+    # Outside `accelerate launch` a plain loop is enough and avoids initialising accelerate's global state.
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
