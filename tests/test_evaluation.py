@@ -198,3 +198,25 @@ def test_library_rejects_bad_arguments(model, tiny_processor, split):
     with pytest.raises(EvaluationError, match="resolution"):
         evaluate_referring_segmentation(model, tiny_processor, split, resolution="full")
 
+
+
+def test_two_processes_give_the_single_process_numbers(model_dir, dataset_dir, direct, tmp_path):
+    # 12 samples over 2 processes with batch size 5: the last batches are padded with duplicates, which
+    # gather_for_metrics must drop for the numbers to equal the single-process (direct) ones.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
+    output = tmp_path / "two.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), "--model", str(model_dir),
+         "--dataset", str(dataset_dir), "--split", "test", "--batch-size", "5", "--no-progress", "--output", str(output)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads(output.read_text())
+    assert written["num_samples"] == len(direct["released"])
+    expected = expected_metrics(direct["released"])
+    assert {key: written["metrics"][key] for key in expected} == pytest.approx(expected, abs=1e-12)

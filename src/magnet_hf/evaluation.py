@@ -446,6 +446,9 @@ def _accelerator_if_launched() -> Any:
     # Outside `accelerate launch` a plain loop is enough and avoids initialising accelerate's global state.
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     from accelerate import Accelerator
 
-    return Accelerator()
+    # Without `cpu=True` accelerate does not set up gloo on a machine without GPUs and every process would evaluate
+    # the whole split on its own.
+    return Accelerator(cpu=not torch.cuda.is_available())
