@@ -6,7 +6,7 @@ transformers' reference implementation runs `grid_sample` once per level, materi
 ~300 MB written, stacked and re-read per layer, and it dominated MagNet's CPU inference time. Bilinear sampling followed
 by a weighted sum is linear in the values, so the four bilinear corner weights can be folded into the attention weights
 and the whole thing becomes one weighted gather-and-sum per (query, head): exactly what `embedding_bag` computes, with a
-fused kernel on CPU and CUDA and a backward for training. Results equal `grid_sample`'s up to float rounding order.
+fused kernel on CPU and CUDA and a backward for training. Results equal `grid_sample`'s up to float rounding.
 """
 
 from __future__ import annotations
@@ -16,6 +16,13 @@ import torch.nn.functional as F
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
 )
+
+
+def _per_level(values: list[float], num_points: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One value per level repeated over its points, `(levels * points,)`: broadcasting a constant over the last,
+    contiguous axis keeps the elementwise kernels vectorised (a `(levels, 1)` constant would not)."""
+    return torch.tensor(values, dtype=dtype, device=device).repeat_interleave(num_points)
+
 
 def _corners(operation, operands) -> torch.Tensor:
     """`torch.stack([operation(a, b) for a, b in operands], dim=3)`, written in place when no gradient is needed: the
@@ -29,6 +36,81 @@ def _corners(operation, operands) -> torch.Tensor:
     return output
 
 
+def sample_pixel_coordinates(
+    value: torch.Tensor,
+    value_spatial_shapes: list[tuple[int, int]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """
+    Attention-weighted bilinear samples at pixel coordinates (zero padding; pixel `i` covers `[i - 0.5, i + 0.5]`).
+
+    Args:
+        value (`torch.Tensor` of shape `(batch, sum(H_l * W_l), heads, head_dim)`): the levels flattened and concatenated.
+        value_spatial_shapes (`list[tuple[int, int]]`): `(H_l, W_l)` of every level, in the order of `value`.
+        x, y (`torch.Tensor` of shape `(batch, queries, heads, levels * points)`): pixel coordinates in each point's level.
+        attention_weights (`torch.Tensor` of shape `(batch, queries, heads, levels * points)`).
+
+    Returns: `torch.Tensor` of shape `(batch, queries, heads * head_dim)` in the dtype of `x`.
+    """
+    batch_size, num_values, num_heads, head_dim = value.shape
+    num_queries, num_samples = x.shape[1], x.shape[-1]
+    num_levels = len(value_spatial_shapes)
+    num_points = num_samples // num_levels
+    dtype, device = x.dtype, x.device
+    value = value.to(dtype)
+
+    # Zero padding without masks: every level gets a border of zeros (one row/column before, two after) and the
+    # coordinates are clamped to [-1, size], so a corner off the map lands on the border or carries zero weight.
+    levels = value.split([height * width for height, width in value_spatial_shapes], dim=1)
+    table = torch.cat(
+        [
+            F.pad(level.permute(0, 2, 3, 1).reshape(batch_size, num_heads, head_dim, height, width), (1, 2, 1, 2))
+            .flatten(3)
+            .transpose(2, 3)
+            for level, (height, width) in zip(levels, value_spatial_shapes)
+        ],
+        dim=2,
+    )  # (batch, heads, padded positions, head_dim): one contiguous table of rows per (batch, head)
+    table_length = table.shape[2]
+
+    heights = [height for height, _ in value_spatial_shapes]
+    widths = [width for _, width in value_spatial_shapes]
+    padded_widths = [width + 3 for width in widths]
+    padded_sizes = [(height + 3) * (width + 3) for height, width in value_spatial_shapes]
+    # Row of each level's pixel (0, 0) in the table: the level's start plus the border.
+    origins = [sum(padded_sizes[:level]) + padded_widths[level] + 1 for level in range(num_levels)]
+
+    lowest = torch.full((num_samples,), -1.0, dtype=dtype, device=device)
+    x = torch.clamp(x, min=lowest, max=_per_level(widths, num_points, dtype, device))
+    y = torch.clamp(y, min=lowest, max=_per_level(heights, num_points, dtype, device))
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+
+    # The four bilinear corners, each computed on (batch, queries, heads, samples) and placed at its slot of the bags
+    # (batch, queries, heads, 4, samples).
+    attention_weights = attention_weights.to(dtype)
+    weight_top, weight_bottom = (1 - fy) * attention_weights, fy * attention_weights
+    weight_left, weight_right = 1 - fx, fx
+    weights = _corners(
+        torch.mul,
+        ((weight_top, weight_left), (weight_top, weight_right), (weight_bottom, weight_left), (weight_bottom, weight_right)),
+    )
+    strides = _per_level(padded_widths, num_points, torch.int32, device)
+    top_left = y0.to(torch.int32) * strides
+    top_left += x0.to(torch.int32)
+    table_offsets = torch.arange(batch_size * num_heads, dtype=torch.int32, device=device) * table_length
+    top_left += table_offsets.view(batch_size, 1, num_heads, 1) + _per_level(origins, num_points, torch.int32, device)
+    rows = _corners(torch.add, ((top_left, 0), (top_left, 1), (top_left, strides), (top_left, strides + 1)))
+
+    bag_size = 4 * num_samples
+    output = F.embedding_bag(
+        rows.view(-1, bag_size), table.reshape(-1, head_dim), per_sample_weights=weights.view(-1, bag_size), mode="sum"
+    )  # (batch * queries * heads, head_dim)
+    return output.view(batch_size, num_queries, num_heads * head_dim)
+
+
 def multi_scale_deformable_attention_gather(
     value: torch.Tensor,
     value_spatial_shapes: list[tuple[int, int]],
@@ -37,7 +119,7 @@ def multi_scale_deformable_attention_gather(
 ) -> torch.Tensor:
     """
     Drop-in replacement for transformers' `multi_scale_deformable_attention` (bilinear sampling, zero padding,
-    `align_corners=False`).
+    `align_corners=False`), without its per-level loop and intermediate samples.
 
     Args:
         value (`torch.Tensor` of shape `(batch, sum(H_l * W_l), heads, head_dim)`): the levels flattened and concatenated.
@@ -48,79 +130,27 @@ def multi_scale_deformable_attention_gather(
 
     Returns: `torch.Tensor` of shape `(batch, queries, heads * head_dim)`, in the dtype of `value` promoted to fp32.
     """
-    batch_size, num_values, num_heads, head_dim = value.shape
-    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    batch_size, num_queries, num_heads, num_levels, num_points, _ = sampling_locations.shape
     if len(value_spatial_shapes) != num_levels:
         raise ValueError(f"{num_levels} levels in `sampling_locations` but {len(value_spatial_shapes)} spatial shapes.")
     dtype = torch.promote_types(value.dtype, torch.float32)
-    device = value.device
-    value = value.to(dtype)
-
-    # Zero padding the way grid_sample does it, without masks: every level gets a border of zeros (one row/column
-    # before, two after) and coordinates are clamped to [-1, size], so an out-of-map corner either lands on the border
-    # or carries zero weight. Heads go first so each (batch, head) owns one contiguous table of rows.
-    padded_shapes = [(height + 3, width + 3) for height, width in value_spatial_shapes]
-    levels = value.split([height * width for height, width in value_spatial_shapes], dim=1)
-    table = torch.cat(
-        [
-            F.pad(level.permute(0, 2, 3, 1).reshape(batch_size, num_heads, head_dim, height, width), (1, 2, 1, 2))
-            .flatten(3)
-            .transpose(2, 3)
-            for level, (height, width) in zip(levels, value_spatial_shapes)
-        ],
-        dim=2,
-    )  # (batch, heads, padded positions, head_dim)
-    table_length = table.shape[2]
-
-    # Per-level constants, broadcast over (batch, queries, heads, levels, points).
-    per_level = (1, 1, 1, num_levels, 1)
-    shapes = torch.tensor(value_spatial_shapes, dtype=dtype, device=device)
-    heights, widths = shapes[:, 0].view(per_level), shapes[:, 1].view(per_level)
-    padded_widths = torch.tensor([width for _, width in padded_shapes], dtype=torch.int32, device=device)
-    padded_sizes = torch.tensor([height * width for height, width in padded_shapes], dtype=torch.int32, device=device)
-    # Row of the padded map's (0, 0) corner plus the one-pixel border offset, so (x0, y0) index it directly.
-    origins = (torch.cumsum(padded_sizes, 0) - padded_sizes + padded_widths + 1).view(per_level)
-    padded_widths = padded_widths.view(per_level)
-
-    # Pixel coordinates as grid_sample derives them (align_corners=False).
-    grids = 2 * sampling_locations.to(dtype) - 1
-    x = ((grids[..., 0] + 1) * widths - 1) / 2  # (batch, queries, heads, levels, points)
-    y = ((grids[..., 1] + 1) * heights - 1) / 2
-    x = x.clamp(min=-1).minimum(widths)
-    y = y.clamp(min=-1).minimum(heights)
-    x0, y0 = x.floor(), y.floor()
-    fx, fy = x - x0, y - y0
-
-    # The four bilinear corners, each computed on (batch, queries, heads, levels, points) and placed at its slot of the
-    # bags, (batch, queries, heads, 4, levels, points).
-    attention_weights = attention_weights.to(dtype)
-    weight_top, weight_bottom = (1 - fy) * attention_weights, fy * attention_weights
-    weight_left, weight_right = 1 - fx, fx
-    weights = _corners(
-        torch.mul,
-        ((weight_top, weight_left), (weight_top, weight_right), (weight_bottom, weight_left), (weight_bottom, weight_right)),
-    )
-    table_offset = torch.arange(batch_size * num_heads, dtype=torch.int32, device=device) * table_length
-    top_left = origins + y0.to(torch.int32) * padded_widths + x0.to(torch.int32)
-    top_left += table_offset.view(batch_size, 1, num_heads, 1, 1)
-    rows = _corners(torch.add, ((top_left, 0), (top_left, 1), (top_left, padded_widths), (top_left, padded_widths + 1)))
-
-    bag_size = num_levels * num_points * 4
-    output = F.embedding_bag(
-        rows.reshape(-1, bag_size),
-        table.reshape(-1, head_dim),
-        per_sample_weights=weights.reshape(-1, bag_size),
-        mode="sum",
-    )  # (batch * queries * heads, head_dim)
-    return output.view(batch_size, num_queries, num_heads * head_dim)
+    locations = sampling_locations.to(dtype).flatten(3, 4)  # (batch, queries, heads, samples, 2)
+    widths = _per_level([width for _, width in value_spatial_shapes], num_points, dtype, value.device)
+    heights = _per_level([height for height, _ in value_spatial_shapes], num_points, dtype, value.device)
+    x = locations[..., 0] * widths - 0.5
+    y = locations[..., 1] * heights - 0.5
+    return sample_pixel_coordinates(value, value_spatial_shapes, x, y, attention_weights.flatten(3, 4))
 
 
 class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
     """
     transformers' Mask2Former pixel-decoder deformable attention (same parameters and names, so checkpoints load
-    unchanged) computing its samples with [`multi_scale_deformable_attention_gather`] instead of a per-level
-    `grid_sample` loop. The locations, attention weights and sampling always run in fp32 at least, as released: under
-    bf16 autocast a bf16 offset would move a sampling point by up to a pixel on the 120x120 level.
+    unchanged) computing its samples with [`sample_pixel_coordinates`] instead of a per-level `grid_sample` loop.
+
+    The offsets are added in pixels (`reference * size - 0.5 + offset`) rather than through the [0, 1] frame
+    (`(reference + offset / size) * size - 0.5`): the same point, rounded once instead of twice. The locations,
+    attention weights and sampling run in fp32 at least, as released: under bf16 autocast a bf16 offset would move a
+    sampling point by up to half a pixel on the 120x120 level.
     """
 
     def forward(
@@ -151,27 +181,29 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
             value = value.masked_fill(attention_mask[..., None], 0.0)
         value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
 
+        num_samples = self.n_levels * self.n_points
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
-            queries = hidden_states.to(torch.promote_types(hidden_states.dtype, torch.float32))
-            sampling_offsets = F.linear(
-                queries, self.sampling_offsets.weight.to(queries.dtype), self.sampling_offsets.bias.to(queries.dtype)
-            ).view(batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2)
+            dtype = torch.promote_types(hidden_states.dtype, torch.float32)
+            queries = hidden_states.to(dtype)
+            # Rows of the offset projection reordered from (heads, levels, points, xy) to (xy, heads, levels, points),
+            # so that the x and the y offsets each come out as contiguous runs.
+            offset_weight = self.sampling_offsets.weight.to(dtype).view(-1, 2, self.d_model).transpose(0, 1)
+            offset_bias = self.sampling_offsets.bias.to(dtype).view(-1, 2).transpose(0, 1)
+            offsets = F.linear(queries, offset_weight.reshape(-1, self.d_model), offset_bias.reshape(-1))
+            offsets = offsets.view(batch_size, num_queries, 2, self.n_heads, num_samples)
             attention_weights = F.linear(
-                queries, self.attention_weights.weight.to(queries.dtype), self.attention_weights.bias.to(queries.dtype)
-            ).view(batch_size, num_queries, self.n_heads, self.n_levels * self.n_points)
-            attention_weights = attention_weights.softmax(-1).view(
-                batch_size, num_queries, self.n_heads, self.n_levels, self.n_points
-            )
-            # Offsets are in pixels of each level; dividing by (W, H) puts them in the [0, 1] frame of the references.
-            normalizer = torch.tensor(
-                [[width, height] for height, width in spatial_shapes_list], dtype=queries.dtype, device=queries.device
-            )
-            sampling_locations = (
-                reference_points[:, :, None, :, None, :].to(queries.dtype)
-                + sampling_offsets / normalizer[None, None, None, :, None, :]
-            )
-            output = multi_scale_deformable_attention_gather(
-                value, spatial_shapes_list, sampling_locations, attention_weights
-            )
+                queries, self.attention_weights.weight.to(dtype), self.attention_weights.bias.to(dtype)
+            ).view(batch_size, num_queries, self.n_heads, num_samples)
+            attention_weights = attention_weights.softmax(-1)
+
+            # Reference points in pixels of every level, repeated over the points: (batch, queries, 1, samples).
+            widths = _per_level([width for _, width in spatial_shapes_list], self.n_points, dtype, queries.device)
+            heights = _per_level([height for height, _ in spatial_shapes_list], self.n_points, dtype, queries.device)
+            reference_points = reference_points.to(dtype).repeat_interleave(self.n_points, dim=-2)
+            reference_x = (reference_points[..., 0] * widths - 0.5)[:, :, None]
+            reference_y = (reference_points[..., 1] * heights - 0.5)[:, :, None]
+            x = offsets[:, :, 0] + reference_x
+            y = offsets[:, :, 1] + reference_y
+            output = sample_pixel_coordinates(value, spatial_shapes_list, x, y, attention_weights)
         output = self.output_proj(output)
-        return output, attention_weights
+        return output, attention_weights.view(batch_size, num_queries, self.n_heads, self.n_levels, self.n_points)

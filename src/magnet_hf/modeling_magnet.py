@@ -357,9 +357,10 @@ def _normalize_over_positions(hidden_states: torch.Tensor, mask: torch.Tensor | 
     """Instance norm of `(batch, positions, channels)` over the positions (no affine, eps 1e-5), optionally only over
     positions where `mask` `(batch, positions)` is 1; masked positions then come out as zeros."""
     if mask is None:
-        mean = hidden_states.mean(dim=1, keepdim=True)
-        variance = hidden_states.var(dim=1, unbiased=False, keepdim=True)
-        return (hidden_states - mean) / torch.sqrt(variance + 1e-5)
+        # Two-pass variance of the centred values: `var` over the strided positions axis is several times slower.
+        centered = hidden_states - hidden_states.mean(dim=1, keepdim=True)
+        variance = centered.square().mean(dim=1, keepdim=True)
+        return centered / torch.sqrt(variance + 1e-5)
     weights = mask.to(hidden_states.dtype)[..., None]
     count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
     mean = (hidden_states * weights).sum(dim=1, keepdim=True) / count
@@ -467,7 +468,8 @@ class MagNetPixelDecoderLayer(nn.Module):
             level_start_index=level_start_index,
         )
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-        feedforward = self.fc2(F.relu(self.fc1(hidden_states)))
+        # In place: the 19,125 x 1024 activation is the decoder's largest tensor.
+        feedforward = self.fc2(self.fc1(hidden_states).relu_())
         return self.final_layer_norm(hidden_states + feedforward)
 
 
