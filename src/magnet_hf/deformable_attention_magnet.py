@@ -18,6 +18,10 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 
+# Samples (batch x queries x heads x levels x points) handled at once by the pixel decoder's attention.
+SAMPLES_PER_CHUNK = 2**19
+
+
 def _per_level(values: list[float], num_points: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """One value per level repeated over its points, `(levels * points,)`: broadcasting a constant over the last,
     contiguous axis keeps the elementwise kernels vectorised (a `(levels, 1)` constant would not)."""
@@ -36,8 +40,28 @@ def _corners(operation, operands) -> torch.Tensor:
     return output
 
 
+def padded_value_table(value: torch.Tensor, value_spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
+    """
+    The values laid out for [`sample_pixel_coordinates`]: `(batch, heads, padded positions, head_dim)`, one contiguous
+    table of rows per (batch, head), every level with a border of zeros (one row/column before, two after). With the
+    coordinates clamped to [-1, size], a bilinear corner off the map then lands on the border or carries zero weight:
+    zero padding without masks.
+    """
+    batch_size, _, num_heads, head_dim = value.shape
+    levels = value.split([height * width for height, width in value_spatial_shapes], dim=1)
+    return torch.cat(
+        [
+            F.pad(level.permute(0, 2, 3, 1).reshape(batch_size, num_heads, head_dim, height, width), (1, 2, 1, 2))
+            .flatten(3)
+            .transpose(2, 3)
+            for level, (height, width) in zip(levels, value_spatial_shapes)
+        ],
+        dim=2,
+    )
+
+
 def sample_pixel_coordinates(
-    value: torch.Tensor,
+    table: torch.Tensor,
     value_spatial_shapes: list[tuple[int, int]],
     x: torch.Tensor,
     y: torch.Tensor,
@@ -47,33 +71,19 @@ def sample_pixel_coordinates(
     Attention-weighted bilinear samples at pixel coordinates (zero padding; pixel `i` covers `[i - 0.5, i + 0.5]`).
 
     Args:
-        value (`torch.Tensor` of shape `(batch, sum(H_l * W_l), heads, head_dim)`): the levels flattened and concatenated.
-        value_spatial_shapes (`list[tuple[int, int]]`): `(H_l, W_l)` of every level, in the order of `value`.
+        table (`torch.Tensor`): the values as [`padded_value_table`] lays them out.
+        value_spatial_shapes (`list[tuple[int, int]]`): `(H_l, W_l)` of every level.
         x, y (`torch.Tensor` of shape `(batch, queries, heads, levels * points)`): pixel coordinates in each point's level.
         attention_weights (`torch.Tensor` of shape `(batch, queries, heads, levels * points)`).
 
     Returns: `torch.Tensor` of shape `(batch, queries, heads * head_dim)` in the dtype of `x`.
     """
-    batch_size, num_values, num_heads, head_dim = value.shape
+    batch_size, num_heads, table_length, head_dim = table.shape
     num_queries, num_samples = x.shape[1], x.shape[-1]
     num_levels = len(value_spatial_shapes)
     num_points = num_samples // num_levels
     dtype, device = x.dtype, x.device
-    value = value.to(dtype)
-
-    # Zero padding without masks: every level gets a border of zeros (one row/column before, two after) and the
-    # coordinates are clamped to [-1, size], so a corner off the map lands on the border or carries zero weight.
-    levels = value.split([height * width for height, width in value_spatial_shapes], dim=1)
-    table = torch.cat(
-        [
-            F.pad(level.permute(0, 2, 3, 1).reshape(batch_size, num_heads, head_dim, height, width), (1, 2, 1, 2))
-            .flatten(3)
-            .transpose(2, 3)
-            for level, (height, width) in zip(levels, value_spatial_shapes)
-        ],
-        dim=2,
-    )  # (batch, heads, padded positions, head_dim): one contiguous table of rows per (batch, head)
-    table_length = table.shape[2]
+    table = table.to(dtype)
 
     heights = [height for height, _ in value_spatial_shapes]
     widths = [width for _, width in value_spatial_shapes]
@@ -139,13 +149,15 @@ def multi_scale_deformable_attention_gather(
     heights = _per_level([height for height, _ in value_spatial_shapes], num_points, dtype, value.device)
     x = locations[..., 0] * widths - 0.5
     y = locations[..., 1] * heights - 0.5
-    return sample_pixel_coordinates(value, value_spatial_shapes, x, y, attention_weights.flatten(3, 4))
+    table = padded_value_table(value.to(dtype), value_spatial_shapes)
+    return sample_pixel_coordinates(table, value_spatial_shapes, x, y, attention_weights.flatten(3, 4))
 
 
 class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
     """
     transformers' Mask2Former pixel-decoder deformable attention (same parameters and names, so checkpoints load
-    unchanged) computing its samples with [`sample_pixel_coordinates`] instead of a per-level `grid_sample` loop.
+    unchanged) computing its samples with [`sample_pixel_coordinates`] instead of a per-level `grid_sample` loop, a
+    chunk of queries at a time.
 
     The offsets are added in pixels (`reference * size - 0.5 + offset`) rather than through the [0, 1] frame
     (`(reference + offset / size) * size - 0.5`): the same point, rounded once instead of twice. The locations,
@@ -184,26 +196,35 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
         num_samples = self.n_levels * self.n_points
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
             dtype = torch.promote_types(hidden_states.dtype, torch.float32)
-            queries = hidden_states.to(dtype)
+            table = padded_value_table(value.to(dtype), spatial_shapes_list)
             # Rows of the offset projection reordered from (heads, levels, points, xy) to (xy, heads, levels, points),
             # so that the x and the y offsets each come out as contiguous runs.
             offset_weight = self.sampling_offsets.weight.to(dtype).view(-1, 2, self.d_model).transpose(0, 1)
-            offset_bias = self.sampling_offsets.bias.to(dtype).view(-1, 2).transpose(0, 1)
-            offsets = F.linear(queries, offset_weight.reshape(-1, self.d_model), offset_bias.reshape(-1))
-            offsets = offsets.view(batch_size, num_queries, 2, self.n_heads, num_samples)
-            attention_weights = F.linear(
-                queries, self.attention_weights.weight.to(dtype), self.attention_weights.bias.to(dtype)
-            ).view(batch_size, num_queries, self.n_heads, num_samples)
-            attention_weights = attention_weights.softmax(-1)
-
+            offset_weight = offset_weight.reshape(-1, self.d_model)
+            offset_bias = self.sampling_offsets.bias.to(dtype).view(-1, 2).transpose(0, 1).reshape(-1)
+            weight_projection = (self.attention_weights.weight.to(dtype), self.attention_weights.bias.to(dtype))
             # Reference points in pixels of every level, repeated over the points: (batch, queries, 1, samples).
-            widths = _per_level([width for _, width in spatial_shapes_list], self.n_points, dtype, queries.device)
-            heights = _per_level([height for height, _ in spatial_shapes_list], self.n_points, dtype, queries.device)
+            widths = _per_level([width for _, width in spatial_shapes_list], self.n_points, dtype, value.device)
+            heights = _per_level([height for height, _ in spatial_shapes_list], self.n_points, dtype, value.device)
             reference_points = reference_points.to(dtype).repeat_interleave(self.n_points, dim=-2)
             reference_x = (reference_points[..., 0] * widths - 0.5)[:, :, None]
             reference_y = (reference_points[..., 1] * heights - 0.5)[:, :, None]
-            x = offsets[:, :, 0] + reference_x
-            y = offsets[:, :, 1] + reference_y
-            output = sample_pixel_coordinates(value, spatial_shapes_list, x, y, attention_weights)
+
+            # A few thousand queries at a time: the sampling's temporaries (~40 bytes per sample, 2.4M samples per
+            # image at 480x480) then stay in cache-sized pieces instead of adding ~300 MB to the peak.
+            chunk = max(1, SAMPLES_PER_CHUNK // (batch_size * self.n_heads * num_samples))
+            outputs, all_weights = [], []
+            for start in range(0, num_queries, chunk):
+                queries = hidden_states[:, start : start + chunk].to(dtype)
+                length = queries.shape[1]
+                offsets = F.linear(queries, offset_weight, offset_bias).view(batch_size, length, 2, self.n_heads, -1)
+                attention_weights = F.linear(queries, *weight_projection).view(batch_size, length, self.n_heads, -1)
+                attention_weights = attention_weights.softmax(-1)
+                x = offsets[:, :, 0] + reference_x[:, start : start + chunk]
+                y = offsets[:, :, 1] + reference_y[:, start : start + chunk]
+                outputs.append(sample_pixel_coordinates(table, spatial_shapes_list, x, y, attention_weights))
+                all_weights.append(attention_weights)
+            output = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+            attention_weights = torch.cat(all_weights, dim=1) if len(all_weights) > 1 else all_weights[0]
         output = self.output_proj(output)
         return output, attention_weights.view(batch_size, num_queries, self.n_heads, self.n_levels, self.n_points)

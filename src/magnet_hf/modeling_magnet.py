@@ -437,6 +437,8 @@ class MagNetLanguageFusion(nn.Module):
 class MagNetPixelDecoderLayer(nn.Module):
     """Post-norm deformable self-attention + ReLU FFN over the flattened multi-scale tokens `(batch, tokens, hidden)`."""
 
+    FEEDFORWARD_CHUNK = 4096
+
     def __init__(self, config: MagNetConfig, num_levels: int):
         super().__init__()
         hidden = config.decoder_hidden_size
@@ -468,9 +470,19 @@ class MagNetPixelDecoderLayer(nn.Module):
             level_start_index=level_start_index,
         )
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-        # In place: the 19,125 x 1024 activation is the decoder's largest tensor.
-        feedforward = self.fc2(self.fc1(hidden_states).relu_())
-        return self.final_layer_norm(hidden_states + feedforward)
+        return self.final_layer_norm(hidden_states + self._feedforward(hidden_states))
+
+    def _feedforward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # The FFN's inner activation (tokens x 1024, 78 MB per image at 480x480) is the decoder's largest tensor: ReLU
+        # in place, and at inference a few thousand tokens at a time (every token is independent).
+        if torch.is_grad_enabled():
+            return self.fc2(self.fc1(hidden_states).relu_())
+        tokens = hidden_states.flatten(0, 1)
+        output = torch.empty_like(tokens)
+        for start in range(0, tokens.shape[0], self.FEEDFORWARD_CHUNK):
+            part = tokens[start : start + self.FEEDFORWARD_CHUNK]
+            output[start : start + self.FEEDFORWARD_CHUNK] = self.fc2(self.fc1(part).relu_())
+        return output.view_as(hidden_states)
 
 
 class MagNetPixelDecoder(nn.Module):
