@@ -36,6 +36,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 from transformers.utils import ModelOutput, logging
 
 from .configuration_magnet import MagNetConfig
+from .deformable_attention_magnet import MagNetMultiscaleDeformableAttention
 
 logger = logging.get_logger(__name__)
 
@@ -112,35 +113,73 @@ class MagNetSwinBlock(SwinTransformerBlock):
         super().__init__(always_partition=True, dynamic_mask=True, **kwargs)
         self._shift_masks: dict[tuple, torch.Tensor] = {}
 
-    def _shift_mask(self, padded: torch.Tensor) -> torch.Tensor:
-        """Shift mask `(num_windows, window_area, window_area)` for this padded size, built once and reused."""
-        key = (padded.shape[1], padded.shape[2], padded.device, padded.dtype)
+    def _shift_mask(self, reference: torch.Tensor, padded_height: int, padded_width: int) -> torch.Tensor | None:
+        """Shift mask `(num_windows, window_area, window_area)` for this padded size (built once and reused), or `None`
+        for an unshifted block."""
+        if not any(self.shift_size):
+            return None
+        key = (padded_height, padded_width, reference.device, reference.dtype)
         if key not in self._shift_masks:
-            self._shift_masks[key] = self.get_attn_mask(padded[:1, :, :, :1])
+            grid = reference.new_zeros(1, padded_height, padded_width, 1)
+            self._shift_masks[key] = self.get_attn_mask(grid)
         return self._shift_masks[key]
 
+    def _attention_bias(self, num_windows: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """Relative-position bias plus shift mask, `(1, num_windows * heads, area, area)` (`(1, heads, ...)` unshifted)."""
+        bias = self.attn._get_rel_pos_bias()  # (1, heads, area, area)
+        if mask is None:
+            return bias
+        return (bias + mask[:, None].to(bias.dtype)).view(1, num_windows * self.attn.num_heads, *mask.shape[-2:])
+
     def _attn(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # hidden_states: (batch, height, width, channels), already normalised by norm1
+        # hidden_states: (batch, height, width, channels), already normalised by norm1.
+        # Same numbers as timm's WindowAttention on the zero-padded, shifted map, computed with less work: the qkv and
+        # output projections act per token, so they run on the real tokens only (a zero-padded token projects to the
+        # qkv bias, so padding the projections with the bias is exact), and the windows go through
+        # scaled_dot_product_attention with the bias and shift mask as one additive mask.
+        attention = self.attn
         batch_size, height, width, channels = hidden_states.shape
         window_height, window_width = self.window_size
+        num_heads = attention.num_heads
+        head_dim = attention.qkv.out_features // (3 * num_heads)
         pad_bottom = (window_height - height % window_height) % window_height
         pad_right = (window_width - width % window_width) % window_width
-        padded = F.pad(hidden_states, (0, 0, 0, pad_right, 0, pad_bottom))
-        padded_height, padded_width = padded.shape[1], padded.shape[2]
+        padded_height, padded_width = height + pad_bottom, width + pad_right
+
+        qkv = attention.qkv(hidden_states)  # (batch, height, width, 3 * heads * head_dim)
+        if pad_bottom or pad_right:
+            padded = qkv.new_zeros(batch_size, padded_height, padded_width, qkv.shape[-1])
+            if attention.qkv.bias is not None:
+                padded += attention.qkv.bias
+            padded[:, :height, :width] = qkv
+            qkv = padded
 
         has_shift = any(self.shift_size)
         if has_shift:
-            padded = torch.roll(padded, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-        mask = self._shift_mask(padded) if has_shift else None
-
-        windows = window_partition(padded, self.window_size).view(-1, self.window_area, channels)
-        windows = self.attn(windows, mask=mask)  # (num_windows * batch, window_area, channels)
-        windows = windows.view(-1, window_height, window_width, channels)
-        padded = window_reverse(windows, self.window_size, padded_height, padded_width)
-
+            qkv = torch.roll(qkv, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        rows, columns = padded_height // window_height, padded_width // window_width
+        num_windows = rows * columns
+        qkv = qkv.view(batch_size, rows, window_height, columns, window_width, 3, num_heads, head_dim)
+        query, key, value = (
+            qkv.permute(5, 0, 1, 3, 6, 2, 4, 7)
+            .reshape(3, batch_size, num_windows * num_heads, self.window_area, head_dim)
+            .unbind(0)
+        )  # each (batch, windows * heads, area, head_dim)
+        mask = self._attention_bias(num_windows, self._shift_mask(hidden_states, padded_height, padded_width))
+        if not has_shift:
+            # The bias is shared by all windows: let it broadcast over them.
+            query, key, value = (t.view(batch_size * num_windows, num_heads, self.window_area, head_dim) for t in (query, key, value))
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask.to(query.dtype), dropout_p=attention.attn_drop.p if self.training else 0.0
+        )
+        attended = (
+            attended.view(batch_size, rows, columns, num_heads, window_height, window_width, head_dim)
+            .permute(0, 1, 4, 2, 5, 3, 6)
+            .reshape(batch_size, padded_height, padded_width, channels)
+        )
         if has_shift:
-            padded = torch.roll(padded, shifts=self.shift_size, dims=(1, 2))
-        return padded[:, :height, :width, :].contiguous()
+            attended = torch.roll(attended, shifts=self.shift_size, dims=(1, 2))
+        return attention.proj_drop(attention.proj(attended[:, :height, :width, :]))
 
 
 class MagNetSwinStage(nn.Module):
@@ -319,9 +358,10 @@ def _normalize_over_positions(hidden_states: torch.Tensor, mask: torch.Tensor | 
     """Instance norm of `(batch, positions, channels)` over the positions (no affine, eps 1e-5), optionally only over
     positions where `mask` `(batch, positions)` is 1; masked positions then come out as zeros."""
     if mask is None:
-        mean = hidden_states.mean(dim=1, keepdim=True)
-        variance = hidden_states.var(dim=1, unbiased=False, keepdim=True)
-        return (hidden_states - mean) / torch.sqrt(variance + 1e-5)
+        # Two-pass variance of the centred values: `var` over the strided positions axis is several times slower.
+        centered = hidden_states - hidden_states.mean(dim=1, keepdim=True)
+        variance = centered.square().mean(dim=1, keepdim=True)
+        return centered / torch.sqrt(variance + 1e-5)
     weights = mask.to(hidden_states.dtype)[..., None]
     count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
     mean = (hidden_states * weights).sum(dim=1, keepdim=True) / count
@@ -398,10 +438,12 @@ class MagNetLanguageFusion(nn.Module):
 class MagNetPixelDecoderLayer(nn.Module):
     """Post-norm deformable self-attention + ReLU FFN over the flattened multi-scale tokens `(batch, tokens, hidden)`."""
 
+    FEEDFORWARD_CHUNK = 4096
+
     def __init__(self, config: MagNetConfig, num_levels: int):
         super().__init__()
         hidden = config.decoder_hidden_size
-        self.self_attn = Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention(
+        self.self_attn = MagNetMultiscaleDeformableAttention(
             embed_dim=hidden,
             num_heads=config.pixel_decoder_num_heads,
             n_levels=num_levels,
@@ -429,8 +471,19 @@ class MagNetPixelDecoderLayer(nn.Module):
             level_start_index=level_start_index,
         )
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-        feedforward = self.fc2(F.relu(self.fc1(hidden_states)))
-        return self.final_layer_norm(hidden_states + feedforward)
+        return self.final_layer_norm(hidden_states + self._feedforward(hidden_states))
+
+    def _feedforward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # The FFN's inner activation (tokens x 1024, 78 MB per image at 480x480) is the decoder's largest tensor: ReLU
+        # in place, and at inference a few thousand tokens at a time (every token is independent).
+        if torch.is_grad_enabled():
+            return self.fc2(self.fc1(hidden_states).relu_())
+        tokens = hidden_states.flatten(0, 1)
+        output = torch.empty_like(tokens)
+        for start in range(0, tokens.shape[0], self.FEEDFORWARD_CHUNK):
+            part = tokens[start : start + self.FEEDFORWARD_CHUNK]
+            output[start : start + self.FEEDFORWARD_CHUNK] = self.fc2(self.fc1(part).relu_())
+        return output.view_as(hidden_states)
 
 
 class MagNetPixelDecoder(nn.Module):
