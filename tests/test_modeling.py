@@ -34,8 +34,11 @@ def test_output_shapes(tiny_model):
     assert [f.shape[1:] for f in out.fused_features] == [(32, 32, 32), (64, 16, 16), (128, 8, 8), (256, 4, 4)]
     assert out.text_features.shape == (2, 20, 64) and out.mask_features.shape == (2, 64, 32, 32)
     assert tiny_model(pixel_values, input_ids, attention_mask).fused_features is None
-    as_tuple = tiny_model(pixel_values, input_ids, attention_mask, return_dict=False)
+    with torch.no_grad():  # the inference path chunks the pixel decoder; compare it with itself bit for bit
+        as_tuple = tiny_model(pixel_values, input_ids, attention_mask, return_dict=False)
     assert torch.equal(as_tuple[0], out.pred_masks)
+    with_grad = tiny_model(pixel_values, input_ids, attention_mask).pred_masks  # unchunked, autograd-ready path
+    torch.testing.assert_close(with_grad.detach(), out.pred_masks, atol=1e-6, rtol=0)
 
 
 def test_batching_does_not_change_a_sample(tiny_model):
