@@ -1,0 +1,190 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""The `magnet-hf` command: segment images, run the offline demo, and reach the conversion, evaluation and data
+preparation tools under one name.
+
+Heavy modules (torch, transformers, the model) are imported inside the subcommands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Subcommands that hand their arguments to an existing command line: name -> (module, help).
+WRAPPED_COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("magnet_hf.conversion", "convert a released MagNet checkpoint (same options as scripts/convert_official_checkpoint.py)"),
+    "evaluate": ("magnet_hf.evaluation", "evaluate a model on a referring segmentation split (same options as scripts/evaluate.py)"),
+    "prepare-data": ("magnet_hf.data.cli", "build RefCOCO/RefCOCO+/RefCOCOg datasets (same options as scripts/prepare_refcoco.py)"),
+}
+
+EXIT_BAD_INPUT = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def _expression(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an expression must have words in it")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `magnet-hf` argument parser (the wrapped subcommands are listed; their options are their own)."""
+    parser = argparse.ArgumentParser(
+        prog="magnet-hf",
+        description="MagNet referring image segmentation: an image and an expression give the mask of the object "
+        "the expression refers to.",
+        epilog="Start with `magnet-hf demo` (offline, embedded model). `magnet-hf COMMAND --help` shows a command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    segment = commands.add_parser(
+        "segment",
+        help="segment the objects that expressions refer to in an image; writes mask and overlay PNGs",
+        description="Segment the object each --text refers to in --image. Writes, per expression, "
+        "<image>_<NN>_<expression>_mask.png (0/255, the image's size) and ..._overlay.png (mask tinted over the "
+        "image, expression written on it) into --output.",
+    )
+    segment.add_argument("--image", required=True, help="image file (any format PIL reads)")
+    segment.add_argument(
+        "--text", required=True, action="append", type=_expression, metavar="EXPRESSION",
+        help="referring expression; repeat for several",
+    )
+    segment.add_argument(
+        "--model", help="saved MagNet folder (with its processor) or Hub id; default: the embedded demo model, "
+        "which knows synthetic scenes of coloured shapes only",
+    )
+    segment.add_argument("--output", required=True, help="folder for the PNGs (created if missing)")
+    segment.add_argument("--threshold", type=_probability, default=0.5, help="mask probability threshold (default 0.5)")
+    segment.add_argument("--batch-size", type=_positive_int, default=4, help="expressions per forward pass")
+    segment.add_argument("--device", help="cpu, cuda, cuda:1... (default: a GPU if there is one)")
+    segment.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+        help="compute precision (reduced precision runs under autocast)",
+    )
+    segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    demo = commands.add_parser(
+        "demo",
+        help="offline demo: segment a synthetic scene with the embedded model and print the IoU of each expression",
+        description="Draw a synthetic scene of coloured shapes, segment a few of its expressions with the embedded "
+        "magnet-tiny (or --model), write the scene, masks and overlays, and print each mask's IoU against the "
+        "object the expression names. Needs no network.",
+    )
+    demo.add_argument("--output", default="magnet_demo", help="folder for the PNGs (default: ./magnet_demo)")
+    demo.add_argument("--model", help="saved MagNet folder instead of the embedded demo model")
+    demo.add_argument("--seed", type=_non_negative_int, default=0, help="synthetic scene seed (default 0)")
+    demo.add_argument("--scene", type=_non_negative_int, default=0, help="first scene index to try (default 0)")
+    demo.add_argument("--num-expressions", type=_positive_int, default=4, help="expressions to segment (default 4)")
+    demo.add_argument("--device", help="cpu, cuda... (default: a GPU if there is one)")
+    demo.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    for name, (_, help_text) in WRAPPED_COMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .demo import DEMO_MODEL_NOTE, load_segmenter, segment_to_files
+    from .image_processing_magnet import load_image_as_rgb
+
+    image = load_image_as_rgb(args.image)  # a bad path or file fails here, before the model is loaded
+    if args.model is None:
+        print(f"Using {DEMO_MODEL_NOTE}; pass --model for a real checkpoint.")
+    segmenter = load_segmenter(args.model, device=args.device, dtype=args.dtype)
+    from pathlib import Path
+
+    saved = segment_to_files(
+        segmenter,
+        image,
+        args.text,
+        args.output,
+        stem=Path(args.image).stem or "image",
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+    )
+    for prediction in saved:
+        print(
+            f"{prediction.expression!r}: {int(prediction.mask.sum())} pixels, score {prediction.score:.3f}\n"
+            f"  mask    {prediction.mask_file}\n  overlay {prediction.overlay_file}"
+        )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_MODEL_NOTE, format_demo_table, run_demo
+
+    print(f"Model: {DEMO_MODEL_NOTE if args.model is None else args.model}")
+    rows, scene_file = run_demo(
+        args.output,
+        model=args.model,
+        seed=args.seed,
+        scene_index=args.scene,
+        num_expressions=args.num_expressions,
+        overwrite=args.overwrite,
+        device=args.device,
+    )
+    print(f"Scene: {scene_file}")
+    print(format_demo_table(rows))
+    print(f"Masks and overlays written to {scene_file.parent}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `magnet-hf`; returns the exit status (0 success, 2 bad input or arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in WRAPPED_COMMANDS:
+        module = importlib.import_module(WRAPPED_COMMANDS[argv[0]][0])
+        try:
+            return int(module.main(argv[1:]) or 0)
+        except SystemExit as exit:  # argparse of the wrapped command: usage already printed
+            return exit.code if isinstance(exit.code, int) else EXIT_BAD_INPUT
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else EXIT_BAD_INPUT
+    from .demo import DemoModelMissingError, SegmentationCommandError
+    from .image_processing_magnet import MagNetImageError
+
+    try:
+        return _segment(args) if args.command == "segment" else _demo(args)
+    except (SegmentationCommandError, DemoModelMissingError, MagNetImageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""Publishing a MagNet folder: model, processor, Hub remote code, the pipeline and the model card, together.
+
+`build_hub_folder` assembles exactly what is uploaded: the model re-saved with `auto_map` and `custom_pipelines` in
+its config, the flat remote-code modules (modeling, configuration, processing, pipeline and what they import), the
+processor files and `README.md`. `push_folder_to_hub` creates the repository and uploads that folder;
+`scripts/push_to_hub.py` is the command line (`--local-dir` writes the folder instead of uploading).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class HubPublishError(ValueError):
+    """Bad input to the publishing tools; the message names the input and what to change."""
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """Checks that `repo_id` is a Hub model id, `owner/name` (or `name` for the logged-in user)."""
+    from huggingface_hub.utils import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate
+
+    if not isinstance(repo_id, str) or not repo_id or repo_id.count("/") > 1 or repo_id.startswith(("/", ".", "~")):
+        raise HubPublishError(f"--repo {repo_id!r} is not a Hub repository id; use owner/name, e.g. me/magnet-refcoco.")
+    try:
+        hub_validate(repo_id)
+    except HFValidationError as error:
+        raise HubPublishError(f"--repo {repo_id!r} is not a valid Hub repository id: {error}") from None
+    return repo_id
+
+
+def _check_model_folder(model_dir: Path) -> None:
+    if not model_dir.exists():
+        raise HubPublishError(f"Model folder {str(model_dir)!r} does not exist.")
+    if not model_dir.is_dir():
+        raise HubPublishError(f"--model {str(model_dir)!r} is a file; give the folder the model was saved to.")
+    if not (model_dir / "config.json").is_file():
+        raise HubPublishError(f"{model_dir} has no config.json; it is not a saved model folder.")
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise HubPublishError(f"{model_dir} has no weights ({' or '.join(WEIGHT_FILES[::2])}).")
+
+
+def _resolve_card(model_dir: Path, card: str | os.PathLike | None) -> Path:
+    if card is not None:
+        path = Path(card).expanduser()
+        if not path.is_file():
+            raise HubPublishError(f"Model card {str(card)!r} does not exist (or is not a file).")
+        return path
+    if (model_dir / "README.md").is_file():
+        return model_dir / "README.md"
+    raise HubPublishError(
+        f"{model_dir} has no README.md model card; pass --card FILE (templates are in the repository's model_cards/)."
+    )
+
+
+def _load_model_and_processor(model_dir: Path):
+    from transformers.utils import logging as transformers_logging
+
+    from .configuration_magnet import MagNetConfig
+    from .modeling_magnet import MagNetForReferringSegmentation, MagNetModel
+    from .processing_magnet import MagNetProcessor
+
+    try:
+        config = MagNetConfig.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise HubPublishError(f"{model_dir}/config.json is not a MagNet config: {error}") from None
+    # Keep the class the folder was saved from, so that training heads travel with a full checkpoint.
+    architecture = (config.architectures or ["MagNetForReferringSegmentation"])[0]
+    model_class = MagNetModel if architecture == "MagNetModel" else MagNetForReferringSegmentation
+    progress_bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        model, info = model_class.from_pretrained(model_dir, output_loading_info=True, dtype="auto")
+    except (OSError, ValueError, RuntimeError) as error:
+        raise HubPublishError(f"Could not load the model in {model_dir}: {error}") from None
+    finally:
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
+    problems = {key: sorted(info[key]) for key in ("missing_keys", "unexpected_keys", "mismatched_keys") if info[key]}
+    if problems:
+        details = "; ".join(f"{key.replace('_', ' ')}: {len(v)} (first: {v[:3]})" for key, v in problems.items())
+        raise HubPublishError(f"The weights in {model_dir} do not fit its config ({details}); nothing was written.")
+    try:
+        processor = MagNetProcessor.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise HubPublishError(
+            f"{model_dir} has no usable processor ({error}). Save one next to the model "
+            "(processor.save_pretrained), or convert with --tokenizer."
+        ) from None
+    return model, processor
+
+
+def build_hub_folder(
+    model_dir: str | os.PathLike, output_dir: str | os.PathLike, card: str | os.PathLike | None = None, overwrite: bool = False
+) -> Path:
+    """
+    Writes to `output_dir` exactly what a push uploads: the model with `auto_map` and `custom_pipelines` in its
+    config, its remote code (the flat `*_magnet.py` modules, `pipeline_magnet.py` included), the processor files and
+    the model card as `README.md`.
+
+    The folder is assembled beside `output_dir` and renamed into place only when complete; an existing `output_dir`
+    is refused unless `overwrite`.
+
+    Args:
+        model_dir: a folder holding a saved MagNet model and its processor.
+        output_dir: the folder to create.
+        card: model card file; defaults to `model_dir/README.md`.
+        overwrite: replace an existing `output_dir`.
+
+    Raises:
+        HubPublishError: a missing or incomplete model folder, a missing card, or an existing output.
+    """
+    model_dir, output_dir = Path(model_dir).expanduser(), Path(output_dir).expanduser().absolute()
+    _check_model_folder(model_dir)
+    card_path = _resolve_card(model_dir, card)
+    if output_dir.exists() and not overwrite:
+        raise HubPublishError(f"{output_dir} already exists; pass --overwrite to replace it.")
+    if output_dir.resolve() == model_dir.resolve():
+        raise HubPublishError("--local-dir must differ from --model (the model folder would be replaced).")
+    if not output_dir.parent.is_dir():
+        raise HubPublishError(f"The folder that should hold {output_dir.name} does not exist: {output_dir.parent}")
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        _write_hub_files(model_dir, card_path, staging)
+        _replace_directory(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def _write_hub_files(model_dir: Path, card_path: Path, target: Path) -> None:
+    from .pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
+
+    model, processor = _load_model_and_processor(model_dir)
+    pipeline = MagNetReferringSegmentationPipeline(
+        model=model, processor=processor, device="cpu", task=REFERRING_SEGMENTATION_TASK
+    )
+    # Pipeline.save_pretrained writes custom_pipelines into the config and copies pipeline_magnet.py with its relative
+    # imports; the model and processor saves add their own remote code and auto_map entries.
+    pipeline.save_pretrained(target)
+    shutil.copyfile(card_path, target / "README.md")
+
+
+def _replace_directory(source: Path, target: Path) -> None:
+    if not target.exists():
+        source.rename(target)
+        return
+    backup = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+    target.rename(backup)
+    try:
+        source.rename(target)
+    except BaseException:
+        backup.rename(target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def push_folder_to_hub(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    card: str | os.PathLike | None = None,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload MagNet model, processor, remote code and pipeline",
+    api: Any = None,
+) -> str:
+    """
+    Creates the Hub repository `repo_id` (if needed) and uploads what [`build_hub_folder`] writes.
+
+    Args:
+        api: a `huggingface_hub.HfApi` (default: a new one with `token`).
+
+    Returns:
+        The URL of the uploaded commit.
+    """
+    validate_repo_id(repo_id)
+    model_dir = Path(model_dir).expanduser()
+    _check_model_folder(model_dir)
+    _resolve_card(model_dir, card)
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="magnet-hub-") as scratch:
+        folder = build_hub_folder(model_dir, Path(scratch) / "upload", card=card)
+        api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), commit_message=commit_message)
+    return str(getattr(commit, "commit_url", commit))
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of `scripts/push_to_hub.py`."""
+    parser = argparse.ArgumentParser(
+        prog="push_to_hub.py",
+        description="Publish a MagNet folder on the Hub: the model, its processor, the remote code, the "
+        "referring-image-segmentation pipeline and the model card, in one commit. With --local-dir, write exactly "
+        "that folder instead of uploading.",
+    )
+    parser.add_argument("--model", required=True, help="saved MagNet folder (model + processor)")
+    parser.add_argument("--repo", required=True, help="Hub repository id, owner/name")
+    parser.add_argument("--card", help="model card (default: the model folder's README.md); see model_cards/")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--token", help="Hub token (default: the logged-in user's)")
+    parser.add_argument("--local-dir", help="write what would be uploaded to this new folder; upload nothing")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --local-dir")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the push command; returns the exit status (0 success, 2 bad input, 3 upload failed)."""
+    args = build_parser().parse_args(argv)
+    try:
+        validate_repo_id(args.repo)
+        if args.local_dir:
+            folder = build_hub_folder(args.model, args.local_dir, card=args.card, overwrite=args.overwrite)
+            print(f"Wrote the files for {args.repo} to {folder} ({len(list(folder.iterdir()))} files); nothing uploaded.")
+            return 0
+        try:
+            url = push_folder_to_hub(args.model, args.repo, card=args.card, private=args.private, token=args.token)
+        except HubPublishError:
+            raise
+        except Exception as error:  # network, authentication and permission errors come in many types
+            print(f"error: uploading to {args.repo} failed: {error}", file=sys.stderr)
+            return 3
+    except HubPublishError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Pushed {args.model} to {args.repo}: {url}")
+    return 0
+
+
+__all__ = ["HubPublishError", "build_hub_folder", "push_folder_to_hub", "validate_repo_id"]
