@@ -380,3 +380,38 @@ def test_trained_head_is_saved_and_ignored_by_the_base_model(tmp_path):
     # a model without the head reads the trained checkpoint without complaint (inference or an ablation)
     without, info = MagNetForReferringSegmentation.from_pretrained(tmp_path, use_mask_grounding=False, output_loading_info=True)
     assert without.mask_grounding is None and not info["unexpected_keys"]
+
+
+def test_auxiliary_losses_work_from_hub_remote_code(tmp_path):
+    """The saved folder's flat copy of the modelling code brings the loss module along."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    model = tiny_model(seed=7)
+    batch = training_batch()
+    model.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "losses_magnet.py").is_file()
+    torch.manual_seed(0)  # the pixel-to-pixel sampling draws from the global generator
+    with torch.no_grad():
+        expected = model(**batch).loss_dict
+    torch.save((batch, {key: expected[key] for key in AUXILIARY_KEYS}), tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from transformers import AutoModelForImageSegmentation
+        model = AutoModelForImageSegmentation.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True).eval()
+        assert "magnet_hf" not in sys.modules
+        batch, expected = torch.load({str(tmp_path / 'io.pt')!r})
+        torch.manual_seed(0)
+        with torch.no_grad():
+            losses = model(**batch).loss_dict
+        for key, value in expected.items():
+            torch.testing.assert_close(losses[key], value, rtol=1e-5, atol=1e-6)
+        print("ok", sorted(expected))
+    """)
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment["HF_HUB_OFFLINE"] = "1"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok ['loss_mask_grounding', 'loss_pixel_pixel', 'loss_pixel_text']" in result.stdout

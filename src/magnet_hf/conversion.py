@@ -209,7 +209,8 @@ def convert_state_dict(
 ) -> dict[str, torch.Tensor]:
     """
     Maps a released state dict onto magnet_hf names. `expected_shapes` are the target model's parameter shapes; its
-    training-only keys ([`is_training_only`]) are not looked for. Raises [`ConversionError`] listing missing, unexpected and mis-shaped keys if the checkpoint does not fit.
+    training-only keys ([`is_training_only`]) are not looked for. Raises [`ConversionError`] listing missing,
+    unexpected and mis-shaped keys if the checkpoint does not fit.
     """
     converted: dict[str, torch.Tensor] = {}
     source_of: dict[str, str] = {}

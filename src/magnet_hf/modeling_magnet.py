@@ -1055,11 +1055,12 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         )
         loss = loss_dict = None
         if labels is not None:
-            from . import losses_magnet
+            # `from .module import` form: it is what save_pretrained follows to copy Hub remote code.
+            from .losses_magnet import segmentation_losses
 
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            loss, loss_dict = losses_magnet.segmentation_losses(outputs, labels, self.config)
+            loss, loss_dict = segmentation_losses(outputs, labels, self.config)
             if run_grounding:
                 grounding = self._mask_grounding_loss(outputs, attention_mask, labels, masked_input_ids, mlm_labels)
                 loss = loss + self.config.mask_grounding_loss_weight * grounding
