@@ -46,6 +46,17 @@ def test_round_trip_through_json(tmp_path):
         ({"fusion_pool_sizes": []}, "fusion_pool_sizes"),
         ({"drop_path_rate": 1.5}, "drop_path_rate"),
         ({"embed_dim": 126, "num_heads": [3, 6, 9, 18]}, "embed_dim"),
+        ({"use_mask_grounding": "yes"}, "use_mask_grounding"),
+        ({"use_alignment_loss": 1}, "use_alignment_loss"),
+        ({"mask_grounding_loss_weight": -0.1}, "mask_grounding_loss_weight"),
+        ({"pixel_pixel_loss_weight": float("nan")}, "pixel_pixel_loss_weight"),
+        ({"pixel_text_loss_weight": "1"}, "pixel_text_loss_weight"),
+        ({"pixel_text_temperature": 0.0}, "pixel_text_temperature"),
+        ({"pixel_pixel_temperature": float("inf")}, "pixel_pixel_temperature"),
+        ({"mask_grounding_hidden_size": 90, "mask_grounding_num_heads": 5}, "mask_grounding_hidden_size"),
+        ({"mask_grounding_num_heads": 3}, "mask_grounding_num_heads"),
+        ({"mask_grounding_layers": 0}, "mask_grounding_layers"),
+        ({"alignment_max_pixels": 2}, "alignment_max_pixels"),
     ],
 )
 def test_impossible_values_name_the_field(overrides, field):
@@ -57,3 +68,14 @@ def test_unknown_preset_lists_the_choices():
     with pytest.raises(ValueError, match="magnet-base"):
         MagNetConfig.from_preset("magnet-huge")
     assert set(PRESETS) == {"magnet-base", "magnet-tiny"}
+
+
+def test_auxiliary_loss_defaults_and_the_tiny_preset():
+    base, tiny = MagNetConfig.from_preset("magnet-base"), MagNetConfig.from_preset("magnet-tiny")
+    assert base.use_mask_grounding and base.use_alignment_loss
+    assert (base.mask_grounding_hidden_size, base.mask_grounding_layers, base.mask_grounding_num_heads) == (256, 2, 8)
+    assert (tiny.mask_grounding_hidden_size, tiny.mask_grounding_num_heads) == (64, 4)
+    assert 0 < base.pixel_text_temperature <= 0.1 and 0 < base.pixel_pixel_temperature <= 0.1
+    # a config saved before these fields existed loads with the defaults
+    legacy = {k: v for k, v in tiny.to_dict().items() if "grounding" not in k and "alignment" not in k and "pixel_" not in k}
+    assert MagNetConfig.from_dict(legacy).use_mask_grounding is True

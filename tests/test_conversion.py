@@ -17,6 +17,7 @@ from magnet_hf.conversion import (
     _is_dropped,
     convert_official_checkpoint,
     convert_state_dict,
+    is_training_only,
     main,
 )
 
@@ -34,7 +35,9 @@ def test_full_size_checkpoint_layout_converts_with_every_key_accounted_for(offic
     official = {key: torch.empty(shape, device="meta") for key, shape in keys.items()}
     expected = meta_shapes(MagNetConfig.from_preset("magnet-base"))
     converted = convert_state_dict(official, expected)  # raises on any missing, unexpected or mis-shaped key
-    assert set(converted) == set(expected)
+    training_only = {key for key in expected if is_training_only(key)}
+    assert training_only and all(key.startswith("mask_grounding.") for key in training_only)
+    assert set(converted) == set(expected) - training_only
     dropped = [key for key in keys if _is_dropped(key, 4)]
     # 4 Swin output norms x2, 4 language residual norms x2, the last image gate x2, 24 relative-position indices
     assert len(dropped) == 8 + 8 + 2 + 24
@@ -149,3 +152,16 @@ def test_cli_converts_with_tokenizer(official_fixtures, tokenizer_dir, tmp_path,
     assert code == 0 and "Converted" in capsys.readouterr().out
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"config.json", "model.safetensors", "processor_config.json", "modeling_magnet.py"} <= names
+
+
+def test_converted_folder_lacks_only_the_training_head_and_loads_without_warnings(official_fixtures, tmp_path):
+    output = convert_official_checkpoint(
+        fixture_checkpoint(official_fixtures), tmp_path / "out", official_config=fixture_config(official_fixtures)
+    )
+    saved = load_file(str(output / "model.safetensors"))
+    assert not any(key.startswith("mask_grounding.") for key in saved) and "text_projection.weight" in saved
+    model, info = MagNetForReferringSegmentation.from_pretrained(output, output_loading_info=True)
+    assert model.config.use_mask_grounding and model.mask_grounding is not None
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert all(torch.isfinite(p).all() for p in model.mask_grounding.parameters())
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in saved.items())

@@ -159,13 +159,15 @@ def test_training_loss_trains_the_whole_network(tiny_model):
     labels[:, 32:96, 32:96] = 1
     tiny_model.train()
     out = tiny_model(pixel_values, input_ids, attention_mask, labels=labels)
-    assert set(out.loss_dict) == {"loss_mask", "loss_dice", "loss_class", "loss_total_auxiliary"}
+    assert set(out.loss_dict) == {
+        "loss_mask", "loss_dice", "loss_class", "loss_total_auxiliary", "loss_pixel_text", "loss_pixel_pixel"
+    }  # no masked sentence given, so no Mask Grounding term (tests/test_losses.py covers it)
     out.loss.backward()
     without_grad = [n for n, p in tiny_model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    # the gates start at zero, so only their second matrix gets a gradient on the first step; text_projection is
-    # for the alignment loss; the last language fusion only feeds training losses that use text features; with a
-    # single query, self-attention weights are softmax over one key (= 1), so its query and key projections are inert
-    inert = r"gate\.in_proj|text_projection|language_fusions\.3|decoder\.layers\.\d+\.self_attn\.(q|k)_proj"
+    # the gates start at zero, so only their second matrix gets a gradient on the first step; the Mask Grounding head
+    # needs a masked sentence, not given here; with a single query, self-attention weights are softmax over one key
+    # (= 1), so its query and key projections are inert
+    inert = r"gate\.in_proj|^mask_grounding\.|decoder\.layers\.\d+\.self_attn\.(q|k)_proj"
     unexpected = [n for n in without_grad if not re.search(inert, n)]
     assert unexpected == []
     optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=1e-3)

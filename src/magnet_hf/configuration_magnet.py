@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import BertConfig, PreTrainedConfig
 
 
@@ -67,6 +69,36 @@ class MagNetConfig(PreTrainedConfig):
         mask_loss_weight, dice_loss_weight, class_loss_weight (`float`, *optional*, defaults to 5.0, 5.0, 2.0):
             Weights of the mask BCE, mask dice and class cross-entropy terms (Mask2Former's defaults; MagNet's
             were not published).
+
+        The training-only auxiliaries below are *reconstructed from the paper; exact values unpublished* (no training
+        code was released). Each can be switched off for ablations; none of them changes inference.
+
+        use_mask_grounding (`bool`, *optional*, defaults to `True`):
+            Build the Mask Grounding head (`MagNetForReferringSegmentation.mask_grounding`) and add its loss when a
+            masked sentence (`masked_input_ids`, `mlm_labels`) and `labels` are given.
+        mask_grounding_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the Mask Grounding cross-entropy. It starts near ln(vocabulary size) (about 10 for BERT), the
+            size of one deeply supervised prediction's weighted segmentation loss, so 1.0 makes it roughly a tenth of
+            the segmentation signal (ten predictions) instead of drowning it or vanishing.
+        mask_grounding_hidden_size (`int`, *optional*, defaults to 256):
+            Width of the Masked Token Predictor (a multiple of 4: the sine position encoding splits it in four).
+        mask_grounding_layers (`int`, *optional*, defaults to 2):
+            Transformer layers of the Masked Token Predictor.
+        mask_grounding_num_heads (`int`, *optional*, defaults to 8):
+            Attention heads of the Masked Token Predictor.
+        use_alignment_loss (`bool`, *optional*, defaults to `True`):
+            Add the cross-modal alignment loss (pixel-to-text and pixel-to-pixel contrastive terms) when `labels`
+            are given.
+        pixel_text_loss_weight, pixel_pixel_loss_weight (`float`, *optional*, defaults to 1.0, 1.0):
+            Weights of the two alignment terms; each starts near ln(number of background pixels), like one
+            prediction's segmentation loss (see `mask_grounding_loss_weight`).
+        pixel_text_temperature (`float`, *optional*, defaults to 0.07):
+            Temperature of the pixel-to-text term (CLIP's initial value).
+        pixel_pixel_temperature (`float`, *optional*, defaults to 0.1):
+            Temperature of the pixel-to-pixel term (supervised contrastive learning's value).
+        alignment_max_pixels (`int`, *optional*, defaults to 1024):
+            Pixels sampled per sample for the pixel-to-pixel term (half target, half background where the mask
+            allows); bounds its quadratic memory. At least 3.
     """
 
     model_type = "magnet"
@@ -101,6 +133,17 @@ class MagNetConfig(PreTrainedConfig):
         mask_loss_weight: float = 5.0,
         dice_loss_weight: float = 5.0,
         class_loss_weight: float = 2.0,
+        use_mask_grounding: bool = True,
+        mask_grounding_loss_weight: float = 1.0,
+        mask_grounding_hidden_size: int = 256,
+        mask_grounding_layers: int = 2,
+        mask_grounding_num_heads: int = 8,
+        use_alignment_loss: bool = True,
+        pixel_text_loss_weight: float = 1.0,
+        pixel_pixel_loss_weight: float = 1.0,
+        pixel_text_temperature: float = 0.07,
+        pixel_pixel_temperature: float = 0.1,
+        alignment_max_pixels: int = 1024,
         **kwargs,
     ):
         if text_config is None:
@@ -136,6 +179,17 @@ class MagNetConfig(PreTrainedConfig):
         self.mask_loss_weight = mask_loss_weight
         self.dice_loss_weight = dice_loss_weight
         self.class_loss_weight = class_loss_weight
+        self.use_mask_grounding = use_mask_grounding
+        self.mask_grounding_loss_weight = mask_grounding_loss_weight
+        self.mask_grounding_hidden_size = mask_grounding_hidden_size
+        self.mask_grounding_layers = mask_grounding_layers
+        self.mask_grounding_num_heads = mask_grounding_num_heads
+        self.use_alignment_loss = use_alignment_loss
+        self.pixel_text_loss_weight = pixel_text_loss_weight
+        self.pixel_pixel_loss_weight = pixel_pixel_loss_weight
+        self.pixel_text_temperature = pixel_text_temperature
+        self.pixel_pixel_temperature = pixel_pixel_temperature
+        self.alignment_max_pixels = alignment_max_pixels
         super().__init__(**kwargs)
         self._check_architecture()
 
@@ -159,6 +213,7 @@ class MagNetConfig(PreTrainedConfig):
             "image_size", "num_channels", "patch_size", "embed_dim", "window_size", "decoder_hidden_size",
             "pixel_decoder_layers", "pixel_decoder_num_heads", "pixel_decoder_num_points",
             "pixel_decoder_feedforward_size", "decoder_layers", "decoder_num_heads", "decoder_feedforward_size",
+            "mask_grounding_hidden_size", "mask_grounding_layers", "mask_grounding_num_heads", "alignment_max_pixels",
         ):
             positive_int(field)
         for field in ("depths", "num_heads", "text_stage_end_layers"):
@@ -199,9 +254,40 @@ class MagNetConfig(PreTrainedConfig):
         text_hidden, text_heads = self.text_config.hidden_size, self.text_config.num_attention_heads
         if text_hidden % text_heads:
             fail("text_config", f"hidden_size {text_hidden} is not divisible by num_attention_heads {text_heads}.")
-        for field in ("mask_loss_weight", "dice_loss_weight", "class_loss_weight"):
-            if not getattr(self, field) >= 0:
-                fail(field, f"must be a non-negative number, got {getattr(self, field)}.")
+        def is_number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        for field in (
+            "mask_loss_weight", "dice_loss_weight", "class_loss_weight", "mask_grounding_loss_weight",
+            "pixel_text_loss_weight", "pixel_pixel_loss_weight",
+        ):
+            value = getattr(self, field)
+            if not (is_number(value) and 0 <= value < math.inf):
+                fail(field, f"must be a non-negative number, got {value!r}.")
+        for field in ("pixel_text_temperature", "pixel_pixel_temperature"):
+            value = getattr(self, field)
+            if not (is_number(value) and 0 < value < math.inf):
+                fail(field, f"must be a positive number, got {value!r}.")
+        for field in ("use_mask_grounding", "use_alignment_loss"):
+            if not isinstance(getattr(self, field), bool):
+                fail(field, f"must be True or False, got {getattr(self, field)!r}.")
+        grounding_width = self.mask_grounding_hidden_size
+        if grounding_width % 4:
+            fail(
+                "mask_grounding_hidden_size",
+                f"the sine position encoding of the visual and mask tokens splits the width in four; {grounding_width} "
+                "is not divisible by 4.",
+            )
+        if grounding_width % self.mask_grounding_num_heads:
+            fail(
+                "mask_grounding_num_heads",
+                f"{self.mask_grounding_num_heads} heads do not divide mask_grounding_hidden_size {grounding_width}.",
+            )
+        if self.alignment_max_pixels < 3:
+            fail(
+                "alignment_max_pixels",
+                f"the pixel-to-pixel term needs two target pixels and one background pixel; got {self.alignment_max_pixels}.",
+            )
         for field in ("drop_path_rate", "fusion_dropout"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 fail(field, f"must lie in [0, 1), got {getattr(self, field)}.")
@@ -241,6 +327,9 @@ PRESETS: dict[str, dict] = {
         "decoder_layers": 3,
         "decoder_num_heads": 4,
         "decoder_feedforward_size": 128,
+        "mask_grounding_hidden_size": 64,
+        "mask_grounding_num_heads": 4,
+        "alignment_max_pixels": 256,
     },
 }
 

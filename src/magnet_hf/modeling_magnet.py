@@ -583,6 +583,15 @@ class MagNetPreTrainedModel(PreTrainedModel):
             init.copy_(module.relative_position_index, get_relative_position_index(*module.window_size))
         elif isinstance(module, MagNetPixelDecoder):
             init.normal_(module.level_embed, std=1.0)
+        elif isinstance(module, MagNetMaskGroundingHead):
+            init.trunc_normal_(module.modality_embeddings, std=std)
+            # torch's attention keeps its input projection as a bare parameter that no Linear branch reaches; checkpoints
+            # without the (training-only) head would otherwise leave it uninitialised memory.
+            for layer in module.layers:
+                init.xavier_uniform_(layer.self_attn.in_proj_weight)
+                init.zeros_(layer.self_attn.in_proj_bias)
+        elif isinstance(module, MagNetMaskedTokenPredictor):
+            init.zeros_(module.bias)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
@@ -613,7 +622,7 @@ class MagNetModel(MagNetPreTrainedModel):
     """
 
     # Training-only heads of MagNetForReferringSegmentation, present when a full checkpoint is loaded as AutoModel.
-    _keys_to_ignore_on_load_unexpected = [r"^text_projection\."]
+    _keys_to_ignore_on_load_unexpected = [r"^text_projection\.", r"^mask_grounding\."]
 
     def __init__(self, config: MagNetConfig):
         super().__init__(config)
@@ -821,18 +830,183 @@ def _load_matching(module: nn.Module, state_dict: dict[str, torch.Tensor], what:
     module.load_state_dict({k: state_dict[k] for k in own}, strict=True)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Training-only heads: Mask Grounding (reconstructed from the paper; no training code was released)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MagNetMaskEncoder(nn.Module):
+    """
+    Encodes the ground-truth mask for Mask Grounding: the mask's coverage of each cell of a grid four times finer than
+    the visual tokens goes through two stride-2 convolutions, so the output lands exactly on the visual token grid.
+
+    Input: 0/1 `labels` `(batch, height, width)` at any size and the target `grid` `(h, w)`.
+    Output: `(batch, hidden_size, h, w)`.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, hidden_size // 4, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(hidden_size // 4, hidden_size // 2, kernel_size=3, stride=2, padding=1)
+        self.projection = nn.Conv2d(hidden_size // 2, hidden_size, kernel_size=1)
+
+    def forward(self, labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        height, width = grid
+        coverage = F.adaptive_avg_pool2d(labels[:, None].to(self.conv1.weight.dtype), (4 * height, 4 * width))
+        hidden_states = F.gelu(self.conv1(coverage))  # (batch, hidden / 4, 2h, 2w)
+        hidden_states = F.gelu(self.conv2(hidden_states))  # (batch, hidden / 2, h, w)
+        return self.projection(hidden_states)
+
+
+class MagNetMaskedTokenPredictor(nn.Module):
+    """
+    BERT-style masked-token head: dense + GELU + LayerNorm into BERT's width, then scores over the vocabulary against
+    BERT's own word embeddings (tied by construction, passed in at call time so that the state dict holds them once)
+    plus a per-token bias.
+
+    Input: `hidden_states` `(num_tokens, hidden_size)`, `word_embeddings` `(vocab_size, text_hidden_size)`.
+    Output: logits `(num_tokens, vocab_size)`.
+    """
+
+    def __init__(self, hidden_size: int, text_hidden_size: int, vocab_size: int, layer_norm_eps: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, text_hidden_size)
+        self.norm = nn.LayerNorm(text_hidden_size, eps=layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.norm(F.gelu(self.dense(hidden_states)))
+        return F.linear(hidden_states, word_embeddings.to(hidden_states.dtype), self.bias.to(hidden_states.dtype))
+
+
+class MagNetMaskGroundingHead(nn.Module):
+    """
+    The paper's Mask Grounding auxiliary task (training only). Three token streams, each projected to
+    `mask_grounding_hidden_size`, layer-normalised and tagged with a learned modality embedding:
+
+    - language: the *masked* sentence through the plain text encoder `(batch, words, text_hidden)`;
+    - visual: the last fused stage map of the segmentation forward `(batch, 8C, H/32, W/32)`;
+    - mask: the ground-truth mask through [`MagNetMaskEncoder`] onto the same grid.
+
+    Visual and mask tokens share a sine position encoding, so a mask token and the visual token at its place are
+    aligned. A small pre-norm transformer runs over the concatenation (language padding is masked out) and
+    [`MagNetMaskedTokenPredictor`] classifies the requested language positions over the vocabulary.
+
+    Caveat of this reconstruction: the visual tokens come from the segmentation forward, whose fusion saw the
+    *unmasked* sentence, so they may carry traces of the masked words. A second fused forward on the masked sentence
+    would avoid that at about twice the training cost; the paper does not say which it did.
+    """
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__()
+        hidden = config.mask_grounding_hidden_size
+        text_config = config.text_config
+        self.language_projection = nn.Sequential(nn.Linear(text_config.hidden_size, hidden), nn.LayerNorm(hidden))
+        self.visual_projection = nn.Sequential(nn.Linear(config.stage_dims[-1], hidden), nn.LayerNorm(hidden))
+        self.mask_encoder = MagNetMaskEncoder(hidden)
+        self.mask_norm = nn.LayerNorm(hidden)
+        self.modality_embeddings = nn.Parameter(torch.zeros(3, hidden))  # language, visual, mask
+        self.position_embedding = Mask2FormerSinePositionEmbedding(num_position_features=hidden // 2, normalize=True)
+        self.layers = nn.ModuleList(
+            [
+                nn.TransformerEncoderLayer(
+                    d_model=hidden,
+                    nhead=config.mask_grounding_num_heads,
+                    dim_feedforward=4 * hidden,
+                    dropout=text_config.hidden_dropout_prob,  # an MLM-style transformer: BERT's dropout
+                    activation="gelu",
+                    batch_first=True,
+                    norm_first=True,
+                )
+                for _ in range(config.mask_grounding_layers)
+            ]
+        )
+        self.final_norm = nn.LayerNorm(hidden)
+        self.token_predictor = MagNetMaskedTokenPredictor(
+            hidden, text_config.hidden_size, text_config.vocab_size, text_config.layer_norm_eps
+        )
+
+    def forward(
+        self,
+        masked_text_features: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        visual_features: torch.Tensor,
+        labels: torch.Tensor,
+        predict_positions: torch.Tensor,
+        word_embeddings: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            masked_text_features: `(batch, words, text_hidden)`, the text encoder's output on the masked sentence.
+            text_attention_mask: `(batch, words)`, 1 on real tokens.
+            visual_features: `(batch, channels, h, w)`, the last fused stage map.
+            labels: `(batch, height, width)` 0/1 ground-truth masks.
+            predict_positions: `(batch, words)` bool, the masked positions to classify.
+            word_embeddings: `(vocab_size, text_hidden)`, the text encoder's input embedding matrix.
+
+        Returns: logits `(num_positions, vocab_size)` of the `True` entries of `predict_positions`, in row-major order.
+        """
+        batch_size, num_words = masked_text_features.shape[:2]
+        grid = visual_features.shape[-2:]
+        language = self.language_projection(masked_text_features) + self.modality_embeddings[0]  # (batch, words, hidden)
+        positions = self.position_embedding(
+            (batch_size, 1, *grid), visual_features.device, language.dtype
+        ).flatten(2).transpose(1, 2)  # (batch, h*w, hidden)
+        visual = self.visual_projection(visual_features.flatten(2).transpose(1, 2).to(language.dtype))
+        visual = visual + self.modality_embeddings[1] + positions
+        mask = self.mask_encoder(labels, tuple(grid)).flatten(2).transpose(1, 2)  # (batch, h*w, hidden)
+        mask = self.mask_norm(mask) + self.modality_embeddings[2] + positions
+        tokens = torch.cat([language, visual, mask], dim=1)  # (batch, words + 2*h*w, hidden)
+        ignored = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        ignored[:, :num_words] = text_attention_mask == 0
+        for layer in self.layers:
+            tokens = layer(tokens, src_key_padding_mask=ignored)
+        words = self.final_norm(tokens[:, :num_words])
+        return self.token_predictor(words[predict_positions], word_embeddings)
+
+
 class MagNetForReferringSegmentation(MagNetPreTrainedModel):
     """
-    [`MagNetModel`] plus what training needs (`text_projection`, the released `lang_proj`, used by the alignment
-    loss). With `labels` it returns the segmentation loss (sigmoid BCE + dice on the mask and class cross-entropy,
-    on every decoder prediction).
+    [`MagNetModel`] plus what training needs: `text_projection` (the released `lang_proj`) for the cross-modal
+    alignment loss and, with `config.use_mask_grounding`, the Mask Grounding head `mask_grounding`. With `labels` it
+    returns the segmentation loss (sigmoid BCE + dice on the mask and class cross-entropy, on every decoder
+    prediction) plus the enabled auxiliary losses. Predictions never depend on the training heads.
     """
+
+    # Released checkpoints never had the Mask Grounding head: it is initialised from scratch, without a warning.
+    _keys_to_ignore_on_load_missing = [r"^mask_grounding\."]
 
     def __init__(self, config: MagNetConfig):
         super().__init__(config)
         self.model = MagNetModel(config)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.decoder_hidden_size)
+        self.mask_grounding = MagNetMaskGroundingHead(config) if config.use_mask_grounding else None
         self.post_init()
+
+    def _check_training_inputs(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None,
+        masked_input_ids: torch.Tensor | None,
+        mlm_labels: torch.Tensor | None,
+    ) -> None:
+        if (masked_input_ids is None) != (mlm_labels is None):
+            raise ValueError(
+                "Mask Grounding needs both `masked_input_ids` and `mlm_labels` (DataCollatorForReferringSegmentation "
+                "makes them together); got only one."
+            )
+        if masked_input_ids is None or self.mask_grounding is None:
+            return
+        if labels is None:
+            raise ValueError("Mask Grounding reads the ground-truth mask: pass `labels` with `masked_input_ids`.")
+        for name, tensor in (("masked_input_ids", masked_input_ids), ("mlm_labels", mlm_labels)):
+            if tuple(tensor.shape) != tuple(input_ids.shape):
+                raise ValueError(f"`{name}` {tuple(tensor.shape)} must match `input_ids` {tuple(input_ids.shape)}.")
+        from .losses_magnet import IGNORE_INDEX
+
+        vocab_size = self.config.text_config.vocab_size
+        if not ((mlm_labels == IGNORE_INDEX) | ((mlm_labels >= 0) & (mlm_labels < vocab_size))).all():
+            raise ValueError(f"`mlm_labels` must be token ids in [0, {vocab_size}) or {IGNORE_INDEX} (not masked).")
 
     def forward(
         self,
@@ -840,29 +1014,119 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.LongTensor | None = None,
         labels: torch.FloatTensor | None = None,
+        masked_input_ids: torch.LongTensor | None = None,
+        mlm_labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MagNetReferringSegmentationOutput | tuple:
         r"""
         Args:
-            pixel_values, input_ids, attention_mask, output_hidden_states: as in [`MagNetModel.forward`].
+            pixel_values, input_ids, attention_mask, output_hidden_states: as in [`MagNetModel.forward`]. The
+                segmentation forward always reads the unmasked `input_ids`.
             labels (`torch.FloatTensor` of shape `(batch_size, height, width)`, *optional*):
-                0/1 ground-truth masks at any resolution; they are compared with the mask logits at stride 4.
+                0/1 ground-truth masks at any resolution; they are compared with the mask logits at stride 4. They
+                switch the losses on: segmentation, plus the alignment loss with `config.use_alignment_loss`.
+            masked_input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                `input_ids` with some tokens replaced by [MASK], for Mask Grounding (with `labels` and `mlm_labels`).
+                Ignored when the model has no Mask Grounding head (`config.use_mask_grounding=False`), so one data
+                collator serves both ablations.
+            mlm_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                The original ids at the masked positions, -100 elsewhere. Give both or neither of the two.
 
         Returns: [`MagNetReferringSegmentationOutput`], or a tuple of its non-`None` fields when `return_dict=False`.
+        `loss_dict` holds `loss_mask`, `loss_dice`, `loss_class`, `loss_total_auxiliary`, and `loss_mask_grounding`,
+        `loss_pixel_text`, `loss_pixel_pixel` when those terms ran (unweighted; `loss` has the configured weights).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        self._check_training_inputs(input_ids, labels, masked_input_ids, mlm_labels)
+        run_grounding = self.mask_grounding is not None and masked_input_ids is not None
+        run_alignment = self.config.use_alignment_loss and labels is not None
         outputs = self.model(
-            pixel_values, input_ids, attention_mask, output_hidden_states=output_hidden_states, return_dict=True
+            pixel_values,
+            input_ids,
+            attention_mask,
+            output_hidden_states=output_hidden_states or run_grounding,  # Mask Grounding reads the last fused map
+            output_text_features=run_alignment,
+            return_dict=True,
         )
         loss = loss_dict = None
         if labels is not None:
+            # `from .module import` form: it is what save_pretrained follows to copy Hub remote code.
             from .losses_magnet import segmentation_losses
 
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
             loss, loss_dict = segmentation_losses(outputs, labels, self.config)
-        output = MagNetReferringSegmentationOutput(loss=loss, loss_dict=loss_dict, **outputs)
+            if run_grounding:
+                grounding = self._mask_grounding_loss(outputs, attention_mask, labels, masked_input_ids, mlm_labels)
+                loss = loss + self.config.mask_grounding_loss_weight * grounding
+                loss_dict["loss_mask_grounding"] = grounding.detach()
+            if run_alignment:
+                pixel_text, pixel_pixel = self._alignment_losses(outputs, attention_mask, labels)
+                loss = loss + self.config.pixel_text_loss_weight * pixel_text
+                loss = loss + self.config.pixel_pixel_loss_weight * pixel_pixel
+                loss_dict["loss_pixel_text"] = pixel_text.detach()
+                loss_dict["loss_pixel_pixel"] = pixel_pixel.detach()
+        fields = dict(outputs)
+        if not output_hidden_states:
+            fields.pop("fused_features", None)
+        output = MagNetReferringSegmentationOutput(loss=loss, loss_dict=loss_dict, **fields)
         return output if return_dict else output.to_tuple()
+
+    def _mask_grounding_loss(
+        self,
+        outputs: MagNetModelOutput,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        masked_input_ids: torch.Tensor,
+        mlm_labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Runs the plain text encoder (all layers, no fusion) on the masked sentence and the Mask Grounding head."""
+        from .losses_magnet import IGNORE_INDEX, mask_grounding_loss
+
+        text_encoder = self.model.text_encoder
+        masked_text_features = text_encoder(
+            input_ids=masked_input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=torch.zeros_like(masked_input_ids),
+        ).last_hidden_state  # (batch, words, text_hidden)
+        predict_positions = mlm_labels != IGNORE_INDEX
+        token_logits = self.mask_grounding(
+            masked_text_features,
+            attention_mask,
+            outputs.fused_features[-1],
+            labels,
+            predict_positions,
+            text_encoder.embeddings.word_embeddings.weight,
+        )
+        return mask_grounding_loss(token_logits, mlm_labels[predict_positions])
+
+    def _alignment_losses(
+        self, outputs: MagNetModelOutput, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Pixel-to-text and pixel-to-pixel terms on the mask features. The sentence embedding is `text_projection` of
+        the mean of the fused language features over the real tokens ([CLS] and [SEP] included): the network has no
+        trained pooler, and the mean is what the fusion modules themselves see of every word.
+        """
+        from .losses_magnet import alignment_targets, pixel_pixel_alignment_loss, pixel_text_alignment_loss
+
+        word_weights = attention_mask.to(outputs.text_features.dtype)[..., None]  # (batch, words, 1)
+        sentence = (outputs.text_features * word_weights).sum(1) / word_weights.sum(1).clamp(min=1.0)
+        text_embeddings = self.text_projection(sentence)  # (batch, decoder_hidden)
+        mask_features = outputs.mask_features
+        targets = alignment_targets(labels, tuple(mask_features.shape[-2:]))
+        pixel_text = pixel_text_alignment_loss(
+            mask_features, text_embeddings, targets, self.config.pixel_text_temperature
+        )
+        pixel_pixel = pixel_pixel_alignment_loss(
+            mask_features, targets, self.config.pixel_pixel_temperature, self.config.alignment_max_pixels
+        )
+        return pixel_text, pixel_pixel
 
     def load_pretrained_image_encoder(self, name_or_path: str | Path) -> None:
         """See [`MagNetModel.load_pretrained_image_encoder`]."""
@@ -874,4 +1138,5 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
 
 
 __all__ = ["MagNetModel", "MagNetForReferringSegmentation", "MagNetPreTrainedModel", "MagNetModelOutput",
-           "MagNetReferringSegmentationOutput"]
+           "MagNetReferringSegmentationOutput", "MagNetMaskGroundingHead", "MagNetMaskEncoder",
+           "MagNetMaskedTokenPredictor"]
