@@ -136,14 +136,17 @@ def _make_accelerator(args: TrainingArguments, output: Path) -> Any:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     # On a machine without GPUs accelerate only sets up gloo when asked for the CPU explicitly.
     cpu = args.cpu or not torch.cuda.is_available()
-    accelerator = Accelerator(
-        cpu=cpu,
-        mixed_precision=args.mixed_precision,
-        log_with=_trackers(args.report_to) or None,
-        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
-        # Switched-off auxiliary losses leave their heads without gradients, which plain DDP refuses.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
+    try:
+        accelerator = Accelerator(
+            cpu=cpu,
+            mixed_precision=args.mixed_precision,
+            log_with=_trackers(args.report_to) or None,
+            project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
+            # Switched-off auxiliary losses leave their heads without gradients, which plain DDP refuses.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+    except (ValueError, ImportError, RuntimeError) as error:  # e.g. fp16 without a GPU, an uninstalled tracker
+        raise TrainingError(f"cannot set up accelerate with these flags: {error}") from error
     if accelerator.num_processes == 1 and world_size == 1 and "MASTER_ADDR" in os.environ and os.environ.get(
         "ACCELERATE_USE_CPU", ""
     ).lower() in ("true", "1"):
