@@ -4,7 +4,6 @@ over several seeds, summarised as a table of best validation oIoU."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
