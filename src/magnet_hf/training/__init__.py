@@ -1,0 +1,37 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""Training MagNet with `accelerate`: the loop (`train`), its arguments, optimisation and atomic checkpoints.
+
+- `TrainingArguments` / `parse_args`: the flags of `scripts/train.py`, validated.
+- `train(args) -> TrainingResult`: one run (single process, `accelerate launch` or torchrun).
+- `build_optimizer_and_scheduler`, `parameter_groups`, `PolyWithWarmup`: the recipe's AdamW and poly decay.
+- `latest_checkpoint`, `save_checkpoint`, `save_pretrained_atomic`: checkpoints that never load half-written.
+- `run_ablation`: the same run with and without Mask Grounding and the alignment loss over several seeds.
+"""
+
+from .ablation import VARIANTS, format_ablation_table, run_ablation
+from .arguments import DEFAULT_LEARNING_RATES, TrainingArguments, TrainingError, build_parser, parse_args
+from .checkpoints import latest_checkpoint, list_checkpoints, save_checkpoint, save_pretrained_atomic
+from .optimization import PolyWithWarmup, build_optimizer_and_scheduler, no_decay_parameter_names, parameter_groups
+from .trainer import NonFiniteLossError, TrainingResult, train
+
+__all__ = [
+    "DEFAULT_LEARNING_RATES",
+    "NonFiniteLossError",
+    "PolyWithWarmup",
+    "TrainingArguments",
+    "TrainingError",
+    "TrainingResult",
+    "VARIANTS",
+    "build_optimizer_and_scheduler",
+    "build_parser",
+    "format_ablation_table",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "no_decay_parameter_names",
+    "parameter_groups",
+    "parse_args",
+    "run_ablation",
+    "save_checkpoint",
+    "save_pretrained_atomic",
+    "train",
+]

@@ -1,0 +1,181 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""Atomic training checkpoints: written to a hidden temporary folder, renamed into place when complete.
+
+Layout of a run's `output_dir`::
+
+    checkpoints/step-000200/   accelerate `save_state` (model, optimizer, scheduler, RNG of every process),
+                               the processor, `config.json`, `training_args.json`, `trainer_state.json`
+    checkpoints/.tmp-step-…/   a checkpoint being written; never resumed from, removed on the next save
+    best/                      `save_pretrained` model and processor with the best validation oIoU
+    config.json, model.safetensors, processor files, training_args.json, eval_results.json  (the final model)
+
+A rename within one file system is atomic, so a kill at any moment leaves either the complete checkpoint or
+none: `latest_checkpoint` only considers folders named `step-NNNNNN` that hold `trainer_state.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+TRAINER_STATE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary and foreign folders are ignored)."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [
+        (int(match.group(1)), path)
+        for path in root.iterdir()
+        if (match := _STEP_DIR.match(path.name)) and path.is_dir() and (path / TRAINER_STATE).is_file()
+    ]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step, or `None`."""
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def read_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
+    """Writes JSON to a temporary sibling, flushes it to disk and renames it over `path`."""
+    path = Path(path)
+    temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(temporary, "w") as file:
+            json.dump(data, file, indent=2, sort_keys=True)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def _fsync_tree(folder: Path) -> None:
+    # The rename is atomic, but without flushing the files first a power cut could still publish empty ones.
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+
+
+def save_checkpoint(
+    accelerator: Any,
+    output_dir: str | os.PathLike,
+    step: int,
+    trainer_state: dict[str, Any],
+    write_extras: Callable[[Path], None],
+    total_limit: int | None = None,
+) -> Path:
+    """Saves the full training state at `step` atomically; every process must call it.
+
+    Args:
+        accelerator: the run's `Accelerator` (its `save_state` writes model, optimizer, registered objects and the
+            RNG states of all processes).
+        output_dir: the run's output folder.
+        step: optimizer steps done.
+        trainer_state: JSON-able loop state (step, epoch, best metric, log history); written last, so its presence
+            marks a complete folder.
+        write_extras: called on the main process with the temporary folder, to add the processor, config, ...
+        total_limit: keep at most this many checkpoints (oldest removed after the new one is in place).
+
+    Returns:
+        The published folder `output_dir/checkpoints/step-NNNNNN`.
+    """
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    final = root / checkpoint_name(step)
+    # Every process writes its own RNG file into the folder, so they must agree on its name: no random suffix.
+    temporary = root / f".tmp-{checkpoint_name(step)}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        temporary.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_extras(temporary)
+        write_json_atomic(trainer_state, temporary / TRAINER_STATE)
+        _fsync_tree(temporary)
+        if final.exists():  # the same step saved again (e.g. resumed at a checkpoint and stopped at once)
+            retired = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            final.rename(retired)
+            temporary.rename(final)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            temporary.rename(final)
+        if total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def save_pretrained_atomic(model: Any, processor: Any, target: str | os.PathLike, extra_json: dict[str, Any] | None = None) -> Path:
+    """`save_pretrained` of model and processor into a temporary sibling of `target`, then swapped in.
+
+    `extra_json` maps file names to JSON-able objects written beside the weights (e.g. `eval_results.json`).
+    A previous `target` is replaced only once the new folder is complete.
+    """
+    target = Path(target)
+    temporary = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(str(temporary), safe_serialization=True)
+        processor.save_pretrained(str(temporary))
+        for name, data in (extra_json or {}).items():
+            write_json_atomic(data, temporary / name)
+        _fsync_tree(temporary)
+        if target.exists():
+            retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(retired)
+            temporary.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            temporary.rename(target)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return target
+
+
+def save_final_model(model: Any, processor: Any, output_dir: str | os.PathLike, extra_json: dict[str, Any]) -> Path:
+    """`save_pretrained` of model and processor directly into `output_dir` (which also holds `checkpoints/`).
+
+    Everything is written to a temporary folder first and then moved file by file with atomic renames,
+    `config.json` last: a folder with a `config.json` holds complete weights and processor files.
+    """
+    output_dir = Path(output_dir)
+    staging = output_dir / f".final.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        save_pretrained_atomic(model, processor, staging, extra_json)
+        names = sorted(path.name for path in staging.iterdir())
+        for name in [n for n in names if n != "config.json"] + [n for n in names if n == "config.json"]:
+            destination = output_dir / name
+            if destination.is_dir() and not destination.is_symlink():
+                shutil.rmtree(destination)
+            os.replace(staging / name, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir

@@ -1,0 +1,50 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""`scripts/train.py`: parse flags, train, report; one-line errors and meaningful exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .arguments import TrainingError, parse_args
+from .trainer import NonFiniteLossError, train
+
+#: Exit codes: 0 done (or stopped by SIGTERM after saving), 1 diverged (non-finite loss), 2 bad input.
+EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the training CLI and returns its exit status."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as exit:  # argparse already printed the usage and the reason
+        return int(exit.code or 0)
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.progress:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    try:
+        result = train(args)
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if int(os.environ.get("RANK", "0")) != 0:
+        return EXIT_OK
+    if result.interrupted:
+        print(f"Stopped by SIGTERM at step {result.global_step}/{result.total_steps}; checkpoint {result.last_checkpoint}. "
+              f"Continue with --resume latest.")
+        return EXIT_OK
+    best = f"{100 * result.best_metric:.2f}" if result.best_metric is not None else "n/a"
+    print(f"Trained {result.global_step} steps; best val oIoU {best}. Model and processor saved to {result.output_dir}")
+    return EXIT_OK

@@ -1,0 +1,502 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""The training loop of MagNet on top of `accelerate`: deterministic data order, atomic checkpoints, exact resume.
+
+Determinism: the order of epoch `e` is a permutation seeded by `(seed, e)`; step `s` of an epoch takes the
+`s`-th block of `batch_size * processes * accumulation` refs and hands process `r` its `r`-th slice of every
+micro-batch, so one process with batch `2B` sees the same samples per step as two with `B`. The collator's random
+choices are keyed by `(seed, epoch, ref)`. Model, optimizer, scheduler and RNG states go through
+`Accelerator.save_state`, and the data position is the step counter, so a resumed run continues exactly where
+the checkpoint was taken. Evaluation runs on a forked RNG and never shifts the training stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .arguments import TrainingArguments, TrainingError
+from .checkpoints import (
+    BEST_DIR,
+    latest_checkpoint,
+    read_trainer_state,
+    save_checkpoint,
+    save_final_model,
+    save_pretrained_atomic,
+    write_json_atomic,
+)
+from .optimization import build_optimizer_and_scheduler
+
+logger = logging.getLogger(__name__)
+
+EVAL_METRIC = "overall_iou"
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite; the run stopped without saving anything from that step."""
+
+
+@dataclass
+class TrainingResult:
+    """What a run did: steps, metrics per evaluation, logged losses and whether SIGTERM cut it short."""
+
+    output_dir: Path
+    global_step: int
+    total_steps: int
+    best_metric: float | None
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    last_checkpoint: Path | None = None
+
+
+class _StopRequest:
+    """Turns SIGTERM into a flag that the loop checks at the next step boundary (only in the main thread)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+
+
+def prepare_output_dir(args: TrainingArguments) -> Path | None:
+    """Applies the output-folder rules and finds the checkpoint to resume from (main process only).
+
+    A non-empty `output_dir` is refused unless resuming or `--overwrite` (which moves the old folder aside and
+    deletes it). `--resume latest` without any complete checkpoint starts from scratch, so a restart script can
+    always pass it.
+    """
+    output = Path(args.output_dir).expanduser()
+    if output.exists() and not output.is_dir():
+        raise TrainingError(f"--output-dir {output} exists and is not a folder.")
+    if args.resume is None:
+        if output.is_dir() and any(output.iterdir()):
+            if not args.overwrite:
+                raise TrainingError(
+                    f"--output-dir {output} already exists and is not empty; pass --resume latest to continue "
+                    "that run or --overwrite to replace it."
+                )
+            retired = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+            output.rename(retired)
+            shutil.rmtree(retired, ignore_errors=True)
+        return None
+    if args.resume == "latest":
+        return latest_checkpoint(output)
+    checkpoint = Path(args.resume)
+    if not (checkpoint / "trainer_state.json").is_file():
+        raise TrainingError(f"--resume {checkpoint} is not a complete checkpoint (no trainer_state.json).")
+    return checkpoint
+
+
+def _trackers(report_to: list[str]) -> list[str]:
+    names = [name.lower() for name in report_to]
+    if "none" in names:
+        return []
+    if "auto" in names:
+        names.remove("auto")
+        try:
+            import tensorboard  # noqa: F401
+
+            names.append("tensorboard")
+        except ImportError:
+            pass
+    return sorted(set(names))
+
+
+def _make_accelerator(args: TrainingArguments, output: Path) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # On a machine without GPUs accelerate only sets up gloo when asked for the CPU explicitly.
+    cpu = args.cpu or not torch.cuda.is_available()
+    try:
+        accelerator = Accelerator(
+            cpu=cpu,
+            mixed_precision=args.mixed_precision,
+            log_with=_trackers(args.report_to) or None,
+            project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
+            # Switched-off auxiliary losses leave their heads without gradients, which plain DDP refuses.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+    except (ValueError, ImportError, RuntimeError) as error:  # e.g. fp16 without a GPU, an uninstalled tracker
+        raise TrainingError(f"cannot set up accelerate with these flags: {error}") from error
+    if accelerator.num_processes == 1 and world_size == 1 and "MASTER_ADDR" in os.environ and os.environ.get(
+        "ACCELERATE_USE_CPU", ""
+    ).lower() in ("true", "1"):
+        logger.warning(
+            "`accelerate launch --cpu --num_processes N` started ONE process (this accelerate version's simple "
+            "launcher ignores --num_processes with --cpu). For N CPU processes use `accelerate launch --multi_gpu "
+            "--num_processes N scripts/train.py --cpu ...` or `python -m torch.distributed.run --nproc_per_node N "
+            "scripts/train.py --cpu ...`."
+        )
+    return accelerator
+
+
+def _epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_rows)
+
+
+def _rank_batches(order: np.ndarray, first_step: int, steps: int, micro: int, world: int, rank: int, accumulation: int):
+    """Index lists of this process's micro-batches for steps `first_step .. steps-1` of an epoch."""
+    per_step = micro * world * accumulation
+    batches = []
+    for step in range(first_step, steps):
+        block = order[step * per_step : (step + 1) * per_step]
+        for m in range(accumulation):
+            start = m * micro * world + rank * micro
+            batches.append(block[start : start + micro].tolist())
+    return batches
+
+
+# ------------------------------------------------------------------------------------------------- train
+
+
+def train(args: TrainingArguments) -> TrainingResult:
+    """Runs a training described by `args` (see `scripts/train.py --help`) and returns what happened.
+
+    Raises:
+        TrainingError: bad input (message names the flag), or `NonFiniteLossError` when the loss diverges.
+    """
+    from accelerate.utils import set_seed
+
+    args.validate()
+    output = Path(args.output_dir).expanduser().absolute()
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    # Only rank 0 judges the folder: the others could see what rank 0 has just created.
+    checkpoint = prepare_output_dir(args) if is_main else None
+    accelerator = _make_accelerator(args, output)
+    try:
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            shared = [str(checkpoint) if checkpoint else None]
+            broadcast_object_list(shared)
+            checkpoint = Path(shared[0]) if shared[0] else None
+        if accelerator.is_main_process:
+            output.mkdir(parents=True, exist_ok=True)
+        with _StopRequest() as stop:
+            return _Run(args, accelerator, output, checkpoint, stop).run(set_seed)
+    finally:
+        accelerator.end_training()
+        if accelerator.num_processes == 1:
+            # Several runs in one Python process (tests, the ablation) each need a fresh accelerate state.
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+
+
+class _Run:
+    """One training run: built from the arguments (or a checkpoint), then `run()`."""
+
+    def __init__(self, args: TrainingArguments, accelerator: Any, output: Path, checkpoint: Path | None, stop: _StopRequest):
+        self.args, self.accelerator, self.output, self.checkpoint, self.stop = args, accelerator, output, checkpoint, stop
+
+    # --------------------------------------------------------------------------------------- building
+
+    def _build(self, set_seed) -> None:
+        from ..data import DataCollatorForReferringSegmentation
+        from ..modeling_magnet import MagNetForReferringSegmentation
+        from ..processing_magnet import MagNetProcessor
+        from .setup import build_model_and_processor, load_training_splits
+
+        args, accelerator = self.args, self.accelerator
+        set_seed(args.seed)
+        if self.checkpoint is not None:
+            from ..configuration_magnet import MagNetConfig
+
+            # The checkpoint holds the processor and config the run started with: no pretrained downloads and no
+            # re-trained tokenizer are needed, and the weights come from the saved state below.
+            processor = MagNetProcessor.from_pretrained(str(self.checkpoint))
+            model = MagNetForReferringSegmentation(MagNetConfig.from_pretrained(str(self.checkpoint)))
+            image_size = int(model.config.image_size)
+            self.train_split, self.eval_split = load_training_splits(args, image_size)
+        else:
+            from ..configuration_magnet import PRESETS
+
+            image_size = args.image_size or (PRESETS[args.preset].get("image_size", 480) if args.preset else 480)
+            self.train_split, self.eval_split = load_training_splits(args, image_size)
+            model, processor = build_model_and_processor(args, self.train_split)
+        if args.activation_checkpointing:
+            model.activation_checkpointing_enable()
+        self.processor, self.config = processor, model.config
+        self.collator = DataCollatorForReferringSegmentation(
+            processor, train=True, mask_grounding=bool(getattr(model.config, "use_mask_grounding", True)), seed=args.seed
+        )
+        world = accelerator.num_processes
+        self.global_batch = args.batch_size * world * args.gradient_accumulation_steps
+        self.steps_per_epoch = len(self.train_split) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise TrainingError(
+                f"the training split has {len(self.train_split)} refs, fewer than one global batch of {self.global_batch} "
+                "(--batch-size x processes x --gradient-accumulation-steps); lower the batch or add data."
+            )
+        self.total_steps = args.max_steps or args.num_epochs * self.steps_per_epoch
+        optimizer, self.scheduler = build_optimizer_and_scheduler(
+            model,
+            learning_rate=args.resolved_learning_rate(),
+            weight_decay=args.weight_decay,
+            total_steps=self.total_steps,
+            warmup_steps=min(args.warmup_steps, self.total_steps - 1),
+            poly_power=args.poly_power,
+        )
+        # The scheduler is stepped by hand: a prepared one would advance once per process and step.
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.state = {"global_step": 0, "best_metric": None, "best_step": None, "eval_history": [], "log_history": []}
+        if self.checkpoint is not None:
+            accelerator.load_state(str(self.checkpoint))
+            saved = read_trainer_state(self.checkpoint)
+            if saved.get("total_steps") != self.total_steps or saved.get("global_batch") != self.global_batch:
+                raise TrainingError(
+                    f"{self.checkpoint} was taken in a run of {saved.get('total_steps')} steps with global batch "
+                    f"{saved.get('global_batch')}; these flags give {self.total_steps} and {self.global_batch}. "
+                    "Resume with the original --max-steps/--num-epochs, --batch-size, --gradient-accumulation-steps "
+                    "and number of processes."
+                )
+            self.state.update({key: saved[key] for key in self.state if key in saved})
+
+    # -------------------------------------------------------------------------------------- helpers
+
+    def _trainer_state(self, interrupted: bool = False) -> dict[str, Any]:
+        return {
+            **self.state,
+            "epoch": self.state["global_step"] / self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "global_batch": self.global_batch,
+            "num_processes": self.accelerator.num_processes,
+            "interrupted": interrupted,
+        }
+
+    def _save_checkpoint(self, interrupted: bool = False) -> Path:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+
+        def extras(folder: Path) -> None:
+            self.processor.save_pretrained(str(folder))
+            unwrapped.config.save_pretrained(str(folder))
+            (folder / "training_args.json").write_text(self.args.to_json() + "\n")
+
+        path = save_checkpoint(
+            self.accelerator,
+            self.output,
+            self.state["global_step"],
+            self._trainer_state(interrupted),
+            extras,
+            total_limit=self.args.save_total_limit,
+        )
+        self.last_checkpoint = path
+        return path
+
+    def _evaluate(self) -> dict[str, Any]:
+        from ..evaluation import evaluate_referring_segmentation
+
+        accelerator = self.accelerator
+        unwrapped = accelerator.unwrap_model(self.model)
+        devices = [torch.cuda.current_device()] if accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            metrics = evaluate_referring_segmentation(
+                unwrapped,
+                self.processor,
+                self.eval_split,
+                batch_size=self.args.eval_batch_size,
+                accelerator=accelerator if accelerator.num_processes > 1 else None,
+                progress=False,
+            )
+        self.model.train()
+        return metrics
+
+    def _micro_batches(self):
+        """Yields this process's micro-batches from the current step on, across epochs."""
+        args, accelerator = self.args, self.accelerator
+        step = self.state["global_step"]
+        while True:
+            epoch, within = divmod(step, self.steps_per_epoch)
+            self.collator.set_epoch(epoch)
+            order = _epoch_order(len(self.train_split), args.seed, epoch)
+            batches = _rank_batches(
+                order, within, self.steps_per_epoch, args.batch_size, accelerator.num_processes,
+                accelerator.process_index, args.gradient_accumulation_steps,
+            )
+            # A private generator: creating a DataLoader iterator must not draw from the global RNG (dropout).
+            loader = torch.utils.data.DataLoader(
+                self.train_split, batch_sampler=batches, collate_fn=self.collator, num_workers=args.num_workers,
+                generator=torch.Generator().manual_seed(args.seed),
+            )
+            yield from loader
+            step = (epoch + 1) * self.steps_per_epoch
+
+    def _train_step(self, batches) -> dict[str, float]:
+        """One optimizer step over `--gradient-accumulation-steps` micro-batches; returns the mean loss terms."""
+        accelerator, accumulation = self.accelerator, self.args.gradient_accumulation_steps
+        totals: dict[str, torch.Tensor] = {}
+        for micro in range(accumulation):
+            batch = {key: value.to(accelerator.device) for key, value in next(batches).items()}
+            sync = contextlib.nullcontext() if micro == accumulation - 1 else accelerator.no_sync(self.model)
+            with sync:
+                with accelerator.autocast():
+                    outputs = self.model(**batch)
+                accelerator.backward(outputs.loss / accumulation)
+            terms = {"loss": outputs.loss.detach(), **{k: v.detach() for k, v in (outputs.loss_dict or {}).items()}}
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0) + value.float().reshape(()) / accumulation
+        keys = sorted(totals)
+        values = torch.stack([totals[key] for key in keys] + [torch.tensor(float(self.stop.requested), device=totals["loss"].device)])
+        if accelerator.num_processes > 1:
+            values = accelerator.gather(values[None]).reshape(accelerator.num_processes, -1)
+            stop = bool(values[:, -1].max() > 0)
+            # A mean with a NaN stays NaN, so one diverging process stops every process.
+            values = values[:, :-1].mean(0)
+        else:
+            stop, values = bool(values[-1] > 0), values[:-1]
+        self.stop.requested = self.stop.requested or stop
+        result = dict(zip(keys, values.tolist()))
+        if not all(math.isfinite(v) for v in result.values()):
+            terms = ", ".join(f"{key}={value:.4g}" for key, value in result.items())
+            latest = latest_checkpoint(self.output)
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.state['global_step'] + 1} ({terms}); stopped without saving this "
+                f"step. Last good checkpoint: {latest or 'none'}. Lower --learning-rate or use --warmup-steps / "
+                "--max-grad-norm, then --resume latest."
+            )
+        if self.args.max_grad_norm > 0:
+            result["grad_norm"] = float(accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm))
+        result["lr"] = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return result
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def run(self, set_seed) -> TrainingResult:
+        from tqdm.auto import tqdm
+
+        self._build(set_seed)
+        args, accelerator, state = self.args, self.accelerator, self.state
+        self.last_checkpoint = self.checkpoint
+        if accelerator.is_main_process:
+            write_json_atomic(dataclasses.asdict(args), self.output / "training_args.json")
+        if _trackers(args.report_to):
+            accelerator.init_trackers("magnet_hf", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        self.model.train()
+        batches = self._micro_batches()
+        progress = tqdm(
+            total=self.total_steps, initial=state["global_step"], desc="train",
+            disable=not (args.progress and accelerator.is_main_process),
+        )
+        window: dict[str, list[float]] = {}
+        interrupted = False
+        saved_at = state["global_step"] if self.checkpoint is not None else None
+        while state["global_step"] < self.total_steps and not self.stop.requested:
+            result = self._train_step(batches)
+            state["global_step"] += 1
+            step = state["global_step"]
+            progress.update(1)
+            for key, value in result.items():
+                window.setdefault(key, []).append(value)
+            if step % args.logging_steps == 0 or step == self.total_steps:
+                entry = {"step": step, **{key: float(np.mean(values)) for key, values in window.items()}}
+                window = {}
+                state["log_history"].append(entry)
+                accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
+                progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
+            if self._evaluation_due(step):
+                metrics = self._evaluate()
+                state["eval_history"].append({"step": step, **metrics})
+                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+                if accelerator.is_main_process:
+                    progress.write(f"step {step}: val oIoU {100 * metrics['overall_iou']:.2f}  mIoU {100 * metrics['mean_iou']:.2f}")
+                if state["best_metric"] is None or metrics[EVAL_METRIC] > state["best_metric"]:
+                    state["best_metric"], state["best_step"] = metrics[EVAL_METRIC], step
+                    if accelerator.is_main_process:
+                        save_pretrained_atomic(
+                            accelerator.unwrap_model(self.model), self.processor, self.output / BEST_DIR,
+                            {"eval_results.json": {"step": step, **metrics}},
+                        )
+                    accelerator.wait_for_everyone()
+                if args.save_steps is None:
+                    self._save_checkpoint()
+                    saved_at = step
+            if args.save_steps is not None and step % args.save_steps == 0:
+                self._save_checkpoint()
+                saved_at = step
+        progress.close()
+        if self.stop.requested and state["global_step"] < self.total_steps:
+            interrupted = True
+            if saved_at != state["global_step"]:
+                self._save_checkpoint(interrupted=True)
+            if accelerator.is_main_process:
+                logger.warning(f"SIGTERM: stopped at step {state['global_step']}; saved {self.last_checkpoint}.")
+        else:
+            self._save_final()
+        return TrainingResult(
+            output_dir=self.output,
+            global_step=state["global_step"],
+            total_steps=self.total_steps,
+            best_metric=state["best_metric"],
+            eval_history=list(state["eval_history"]),
+            log_history=list(state["log_history"]),
+            interrupted=interrupted,
+            last_checkpoint=self.last_checkpoint,
+        )
+
+    def _evaluation_due(self, step: int) -> bool:
+        strategy = self.args.eval_strategy
+        if strategy == "no":
+            return False
+        if step == self.total_steps:
+            return True
+        if strategy == "epoch":
+            return step % self.steps_per_epoch == 0
+        return step % self.args.eval_steps == 0
+
+    def _save_final(self) -> None:
+        accelerator, state = self.accelerator, self.state
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return
+        final = state["eval_history"][-1] if state["eval_history"] and state["eval_history"][-1]["step"] == state["global_step"] else None
+        results = {
+            "final": final,
+            "best": next((e for e in state["eval_history"] if e["step"] == state["best_step"]), None),
+            "eval_split": self.args.eval_split,
+            "dataset": self.args.dataset,
+        }
+        unwrapped = accelerator.unwrap_model(self.model)
+        save_final_model(
+            unwrapped, self.processor, self.output,
+            {"eval_results.json": results, "trainer_state.json": self._trainer_state()},
+        )
+        if self.args.push_to_hub:
+            try:
+                unwrapped.push_to_hub(self.args.push_to_hub)
+                self.processor.push_to_hub(self.args.push_to_hub)
+            except Exception as error:  # the Hub client raises many types; the saved folder is intact either way
+                raise TrainingError(f"training finished and {self.output} is saved, but --push-to-hub failed: {error}") from error

@@ -1,0 +1,224 @@
+"""Training library pieces without a training run: tokenizer, optimiser groups, schedule, checkpoints, arguments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from magnet_hf.data.tokenizer import train_wordpiece_tokenizer
+from magnet_hf.training import (
+    PolyWithWarmup,
+    TrainingError,
+    build_optimizer_and_scheduler,
+    latest_checkpoint,
+    list_checkpoints,
+    no_decay_parameter_names,
+    parse_args,
+    save_checkpoint,
+    save_pretrained_atomic,
+)
+from magnet_hf.training.cli import main as train_main
+
+SENTENCES = ["the small red circle", "the second triangle from the left", "the biggest green shape", "the blue square"]
+
+
+def test_wordpiece_tokenizer_has_bert_special_ids_and_round_trips(tmp_path):
+    tokenizer = train_wordpiece_tokenizer(SENTENCES, vocab_size=200)
+    assert (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id,
+            tokenizer.mask_token_id) == (0, 1, 2, 3, 4)
+    ids = tokenizer("The RED circle")["input_ids"]
+    assert ids[0] == 2 and ids[-1] == 3 and 1 not in ids  # [CLS] ... [SEP], every word known (lower-cased)
+    assert tokenizer.convert_ids_to_tokens(ids[1:-1]) == ["the", "red", "circle"]
+    assert len(tokenizer) <= 200
+    tokenizer.save_pretrained(str(tmp_path))
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert reloaded("the red circle")["input_ids"] == tokenizer("the red circle")["input_ids"]
+    assert len(reloaded) == len(tokenizer)
+
+
+def test_wordpiece_vocabulary_does_not_depend_on_sentence_order():
+    # tokenizers' WordPieceTrainer breaks frequency ties differently in every process, which broke exact resume.
+    forward = train_wordpiece_tokenizer(SENTENCES * 2 + ["zebra"]).get_vocab()
+    assert train_wordpiece_tokenizer(["zebra"] + SENTENCES[::-1] * 2).get_vocab() == forward
+    assert forward["##z"] > 4 and forward["zebra"] > 4  # characters and continuations make any such word encodable
+
+
+def test_wordpiece_tokenizer_rejects_empty_corpus():
+    with pytest.raises(ValueError, match="non-empty"):
+        train_wordpiece_tokenizer(["", "   "])
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from magnet_hf import MagNetConfig, MagNetForReferringSegmentation
+
+    return MagNetForReferringSegmentation(MagNetConfig.from_preset("magnet-tiny", image_size=64))
+
+
+def test_norms_and_position_bias_tables_are_not_decayed(small_model):
+    exempt = no_decay_parameter_names(small_model)
+    names = dict(small_model.named_parameters())
+    bias_tables = [n for n in names if "relative_position_bias_table" in n]
+    norm_params = [
+        f"{module_name}.{p}" for module_name, module in small_model.named_modules()
+        if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)) for p, _ in module.named_parameters(recurse=False)
+    ]
+    assert bias_tables and norm_params
+    assert set(bias_tables) <= exempt and set(norm_params) <= exempt
+    assert "model.text_encoder.embeddings.LayerNorm.weight" in exempt  # BERT's norms too
+    linear_weights = [n for n, m in small_model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert not any(f"{n}.weight" in exempt for n in linear_weights)
+    optimizer, _ = build_optimizer_and_scheduler(small_model, learning_rate=1e-3, weight_decay=0.01, total_steps=10)
+    decayed, free = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.01 and free["weight_decay"] == 0.0
+    assert len(decayed["params"]) + len(free["params"]) == len(names)
+    assert {id(p) for p in free["params"]} == {id(names[n]) for n in exempt}
+
+
+def test_poly_schedule_with_warmup():
+    schedule = PolyWithWarmup(total_steps=10, warmup_steps=2, power=0.9)
+    assert [schedule(0), schedule(1)] == [0.5, 1.0]
+    assert schedule(2) == 1.0
+    assert schedule(6) == pytest.approx((1 - 4 / 8) ** 0.9)
+    assert schedule(10) == 0.0
+    no_warmup = PolyWithWarmup(total_steps=4)
+    assert [round(no_warmup(s), 6) for s in range(4)] == [1.0, round(0.75**0.9, 6), round(0.5**0.9, 6), round(0.25**0.9, 6)]
+    with pytest.raises(ValueError):
+        PolyWithWarmup(total_steps=3, warmup_steps=3)
+
+
+def test_scheduler_follows_poly_per_step():
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = build_optimizer_and_scheduler(model, learning_rate=0.1, weight_decay=0.0, total_steps=5)
+    lrs = []
+    for _ in range(5):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.1 * (1 - s / 5) ** 0.9 for s in range(5)])
+
+
+class FakeAccelerator:
+    """What `save_checkpoint` uses of an Accelerator; `fail` makes `save_state` die half-way through."""
+
+    is_main_process = True
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder, safe_serialization=True):
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        if self.fail:
+            raise KeyboardInterrupt("killed during save")
+        (Path(folder) / "optimizer.bin").write_bytes(b"complete")
+
+
+def _extras(folder: Path) -> None:
+    (folder / "config.json").write_text("{}")
+
+
+def test_checkpoints_are_atomic_rotated_and_latest_skips_incomplete(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(FakeAccelerator(), tmp_path, step, {"global_step": step}, _extras, total_limit=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002", "step-000003"]
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(FakeAccelerator(fail=True), tmp_path, 4, {"global_step": 4}, _extras, total_limit=2)
+    # The interrupted save left only a hidden temporary folder, which is never resumed from.
+    assert latest_checkpoint(tmp_path).name == "step-000003"
+    assert (tmp_path / "checkpoints" / ".tmp-step-000004").is_dir()
+    # A folder with the right name but no trainer_state.json (e.g. copied by hand, half) is ignored too.
+    (tmp_path / "checkpoints" / "step-000009").mkdir()
+    assert latest_checkpoint(tmp_path).name == "step-000003"
+    save_checkpoint(FakeAccelerator(), tmp_path, 5, {"global_step": 5}, _extras, total_limit=2)
+    assert not (tmp_path / "checkpoints" / ".tmp-step-000004").exists()  # cleaned by the next save
+    latest = latest_checkpoint(tmp_path)
+    assert latest.name == "step-000005" and json.loads((latest / "trainer_state.json").read_text()) == {"global_step": 5}
+    assert (latest / "optimizer.bin").read_bytes() == b"complete"
+
+
+def test_save_pretrained_atomic_keeps_the_previous_folder_on_failure(tmp_path):
+    class Saver:
+        def __init__(self, content, fail=False):
+            self.content, self.fail = content, fail
+
+        def save_pretrained(self, folder, **kwargs):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "weights").write_text(self.content)
+            if self.fail:
+                raise OSError("disk full")
+
+    target = tmp_path / "best"
+    save_pretrained_atomic(Saver("v1"), Saver("p1"), target, {"eval_results.json": {"oIoU": 1}})
+    with pytest.raises(OSError):
+        save_pretrained_atomic(Saver("v2"), Saver("p2", fail=True), target)
+    assert (target / "weights").read_text() == "p1"
+    assert json.loads((target / "eval_results.json").read_text()) == {"oIoU": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no temporary left behind
+
+
+def test_argument_validation_names_the_flag(tmp_path):
+    base = ["--dataset", "synthetic", "--output-dir", str(tmp_path / "run")]
+    with pytest.raises(TrainingError, match="--preset"):
+        parse_args(base)
+    with pytest.raises(TrainingError, match="--preset"):
+        parse_args(base + ["--preset", "magnet-tiny", "--model", "x"])
+    with pytest.raises(TrainingError, match="unknown --preset"):
+        parse_args(base + ["--preset", "magnet-huge"])
+    with pytest.raises(TrainingError, match="--eval-steps"):
+        parse_args(base + ["--preset", "magnet-tiny", "--eval-strategy", "steps"])
+    with pytest.raises(TrainingError, match="--resume"):
+        parse_args(base + ["--preset", "magnet-tiny", "--resume", str(tmp_path / "nowhere")])
+    args = parse_args(base + ["--preset", "magnet-tiny", "--config-override", "drop_path_rate=0", "--seed", "3"])
+    assert args.config_overrides == {"drop_path_rate": 0} and args.seed == 3 and args.max_steps is None
+    assert args.resolved_learning_rate() == 2e-3
+    assert parse_args(base + ["--preset", "magnet-base"]).resolved_learning_rate() == 5e-5
+
+
+def test_cli_refuses_an_existing_output_dir(tmp_path, capsys):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "keep.txt").write_text("precious")
+    code = train_main(["--dataset", "synthetic", "--preset", "magnet-tiny", "--output-dir", str(output)])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.count("\n") == 0
+    assert "already exists" in error and "--resume latest" in error and "--overwrite" in error
+    assert (output / "keep.txt").read_text() == "precious"
+    assert train_main(["--dataset", "synthetic", "--preset", "magnet-tiny", "--output-dir", str(output), "--max-steps", "0"]) == 2
+
+
+def test_cli_rejects_a_missing_dataset_folder(tmp_path, capsys):
+    code = train_main(["--dataset", str(tmp_path / "missing"), "--preset", "magnet-tiny", "--output-dir", str(tmp_path / "o")])
+    assert code == 2 and "not a save_to_disk folder" in capsys.readouterr().err
+
+
+def test_ablation_runs_every_variant_and_seed_and_prints_the_table(tmp_path, monkeypatch, capsys):
+    from magnet_hf.training import ablation
+
+    calls = []
+
+    def fake_train(args):
+        calls.append((Path(args.output_dir).name, args.seed, args.no_mask_grounding, args.no_alignment_loss, args.resume))
+        oiou = 0.5 - 0.1 * args.no_mask_grounding - 0.05 * args.no_alignment_loss + 0.01 * args.seed
+        Path(args.output_dir).mkdir(parents=True)
+        (Path(args.output_dir) / "eval_results.json").write_text(json.dumps({"best": {"overall_iou": oiou}}))
+
+    monkeypatch.setattr(ablation, "train", fake_train)
+    argv = ["--dataset", "synthetic", "--preset", "magnet-tiny", "--output-dir", str(tmp_path), "--seeds", "0", "1"]
+    assert ablation.main(argv) == 0
+    table = capsys.readouterr().out
+    assert sorted(calls) == sorted(
+        (f"{name}-seed{seed}", seed, not mg, not align, None) for name, mg, align in ablation.VARIANTS for seed in (0, 1)
+    )
+    assert "| full | 50.00, 51.00 | 50.50 | 0.71 |" in table
+    assert "| segmentation-only | 35.00, 36.00 | 35.50 | 0.71 |" in table
+    calls.clear()
+    assert ablation.main(argv) == 0 and calls == []  # finished runs are read back, not retrained
+    assert ablation.main([*argv, "--no-mask-grounding"]) == 2
