@@ -427,6 +427,9 @@ class _Run:
                 state["log_history"].append(entry)
                 accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
                 progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
+                if not args.progress and accelerator.is_main_process:
+                    # Without a bar (logs, batch jobs) the loss still has to show up somewhere readable.
+                    progress.write(f"step {step}/{self.total_steps}: loss {entry['loss']:.4f}  lr {entry['lr']:.2e}")
             if self._evaluation_due(step):
                 metrics = self._evaluate()
                 state["eval_history"].append({"step": step, **metrics})
