@@ -13,13 +13,14 @@ from transformers.models.mask2former.modeling_mask2former import (
     multi_scale_deformable_attention,
 )
 
-from magnet_hf import benchmark
+from magnet_hf import benchmark, deformable_attention_magnet, modeling_magnet
 from magnet_hf.benchmark import CONFIGURATION_KEYS, BenchmarkSettings, run_benchmark, write_json
 from magnet_hf.deformable_attention_magnet import (
     MagNetMultiscaleDeformableAttention,
     multi_scale_deformable_attention_gather,
+    padded_value_table,
 )
-from magnet_hf.modeling_magnet import MagNetSwinBlock
+from magnet_hf.modeling_magnet import MagNetSwinBlock, _normalize_over_positions
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -213,25 +214,43 @@ def test_gather_sampling_gradients_match_grid_sample():
         assert (a - e).abs().max().item() < 1e-9, name
 
 
-def test_deformable_attention_module_keeps_parameters_and_outputs():
+@pytest.mark.parametrize("inference", [False, True])
+def test_deformable_attention_module_keeps_parameters_and_outputs(inference, monkeypatch):
     torch.manual_seed(0)
     reference = Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention(embed_dim=32, num_heads=4, n_levels=2, n_points=3)
     fast = MagNetMultiscaleDeformableAttention(embed_dim=32, num_heads=4, n_levels=2, n_points=3)
     assert fast.state_dict().keys() == reference.state_dict().keys()
     fast.load_state_dict(reference.state_dict())
+    # Chunks of 5 queries (4 heads x 6 samples each) of one image: 39 queries per image in 8 chunks, the last short.
+    monkeypatch.setattr(deformable_attention_magnet, "SAMPLES_PER_CHUNK", 4 * 6 * 5)
     shapes = [(6, 5), (3, 3)]
     tokens = sum(h * w for h, w in shapes)
     hidden = torch.randn(2, tokens, 32)
-    position = torch.randn(2, tokens, 32)
+    position = torch.randn(1, tokens, 32)  # one image's position embedding, broadcast over the batch
     reference_points = torch.rand(1, tokens, 2, 2)
     kwargs = dict(
-        encoder_hidden_states=hidden, position_embeddings=position, reference_points=reference_points,
+        encoder_hidden_states=hidden, reference_points=reference_points,
         spatial_shapes_list=shapes, level_start_index=torch.tensor([0, 30]),
     )
-    expected, expected_weights = reference(hidden, **kwargs)
-    actual, actual_weights = fast(hidden, **kwargs)
+    expected, expected_weights = reference(hidden, position_embeddings=position.expand(2, -1, -1), **kwargs)
+    with torch.set_grad_enabled(not inference):
+        actual, actual_weights = fast(hidden, position_embeddings=position, output_attentions=True, **kwargs)
+        _, no_weights = fast(hidden, position_embeddings=position, **kwargs)
+    assert actual.requires_grad == (not inference)
     assert (actual - expected).abs().max().item() < 1e-5
     assert (actual_weights - expected_weights).abs().max().item() < 1e-6
+    assert no_weights is None  # only asked-for weights are kept, as in transformers' attention modules
+
+
+def test_padded_value_table_layout():
+    value = torch.arange(2 * 7 * 3 * 2, dtype=torch.float64).view(2, 7, 3, 2)  # levels 2x3 and 1x1, 3 heads
+    table = padded_value_table(value, [(2, 3), (1, 1)])
+    assert table.shape == (2, 3, 5 * 6 + 4 * 4, 2)
+    first = table[:, :, : 5 * 6].view(2, 3, 5, 6, 2)
+    assert torch.equal(first[:, :, 1:3, 1:4], value[:, :6].view(2, 2, 3, 3, 2).permute(0, 3, 1, 2, 4))
+    second = table[:, :, 5 * 6 :].view(2, 3, 4, 4, 2)
+    assert torch.equal(second[:, :, 1, 1], value[:, 6])
+    assert table.abs().sum() == value.abs().sum()  # everything else is the zero border
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -274,3 +293,138 @@ def test_window_attention_matches_reference(shift, size):
         actual = block._attn(hidden)
     assert actual.shape == hidden.shape
     assert (actual - expected).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10), (3, 3)])
+def test_window_index_is_pad_shift_partition_and_its_inverse(shift, size):
+    block = MagNetSwinBlock(dim=16, input_resolution=size, num_heads=2, window_size=4, shift_size=shift)
+    height, width = size
+    gather, scatter, padding = block._window_index(height, width, torch.device("cpu"))
+    # The same layout built the slow way: token ids on the map, zero-padded (-1), rolled, partitioned.
+    ids = torch.arange(height * width, dtype=torch.float64).view(1, height, width, 1)
+    padded_height, padded_width = block._padded_size(height, width)
+    grid = F.pad(ids, (0, 0, 0, padded_width - width, 0, padded_height - height), value=-1.0)
+    grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
+    expected = window_partition(grid, block.window_size).reshape(-1).long()
+    assert gather.shape == expected.shape
+    is_padding = expected < 0
+    assert torch.equal(gather[~is_padding], expected[~is_padding])
+    assert (padding is None) == (not is_padding.any())
+    if padding is not None:
+        assert torch.equal(padding, is_padding.nonzero().view(-1))
+    assert torch.equal(gather[scatter], torch.arange(height * width))  # scatter undoes gather on real tokens
+    assert block._window_index(height, width, torch.device("cpu"))[0] is gather  # built once per size
+
+
+@pytest.mark.parametrize("one_image_at_a_time", [False, True])
+@pytest.mark.parametrize("shift", [0, 2])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
+def test_swin_block_inference_path_matches_reference(shift, size, one_image_at_a_time, monkeypatch):
+    # The inference forward (gathered windows, residuals in place, MLP in chunks, whole batch or image by image)
+    # against timm's block forward around the released-order reference attention, in float64, for a batch of 3; then
+    # the autograd path.
+    torch.manual_seed(0)
+    block = MagNetSwinBlock(dim=16, input_resolution=size, num_heads=2, window_size=4, shift_size=shift).double().eval()
+    with torch.no_grad():
+        block.attn.relative_position_bias_table.normal_()
+        block.attn.qkv.bias.normal_()
+    monkeypatch.setattr(MagNetSwinBlock, "MLP_CHUNK_ELEMENTS", 64 * 7)  # 7 tokens per chunk: a short last chunk
+    monkeypatch.setattr(modeling_magnet, "PER_IMAGE_MIN_PIXELS", 1 if one_image_at_a_time else 10**9)
+    hidden = torch.randn(3, *size, 16, dtype=torch.float64)
+    before = hidden.clone()
+    with torch.no_grad():
+        shortcut = hidden + _reference_window_attention(block, block.norm1(hidden))
+        expected = shortcut + block.mlp(block.norm2(shortcut))
+        actual = block(hidden)
+    assert torch.equal(hidden, before)  # the input is never written to
+    assert (actual - expected).abs().max().item() < 1e-12
+    trained = hidden.clone().requires_grad_()
+    with_graph = block(trained)
+    assert (with_graph.detach() - expected).abs().max().item() < 1e-12
+    with_graph.square().sum().backward()
+    assert torch.isfinite(trained.grad).all() and block.attn.qkv.bias.grad.abs().sum() > 0
+    assert block.attn.relative_position_bias_table.grad.abs().sum() > 0
+
+
+def test_swin_window_attention_gradients_match_reference():
+    torch.manual_seed(0)
+    block = MagNetSwinBlock(dim=16, input_resolution=(7, 10), num_heads=2, window_size=4, shift_size=2).double()
+    hidden = torch.randn(2, 7, 10, 16, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(2, 7, 10, 16, dtype=torch.float64)
+    parameters = [hidden, block.attn.qkv.weight, block.attn.qkv.bias, block.attn.relative_position_bias_table]
+    expected = torch.autograd.grad((_reference_window_attention(block, hidden) * cotangent).sum(), parameters)
+    actual = torch.autograd.grad((block._attn(hidden) * cotangent).sum(), parameters)
+    for a, e in zip(actual, expected):
+        assert (a - e).abs().max().item() < 1e-12
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Inference paths of the fusion and the pixel decoder against their autograd paths
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_in_place_instance_norm_matches_and_overwrites():
+    hidden = torch.randn(2, 5000, 24, dtype=torch.float64) * 3 + 1  # 5000 positions: three chunks, the last short
+    expected = _normalize_over_positions(hidden)
+    work = hidden.clone()
+    actual = _normalize_over_positions(work, in_place=True)
+    assert actual.data_ptr() == work.data_ptr()
+    assert (actual - expected).abs().max().item() < 1e-12
+    assert actual.mean(dim=1).abs().max() < 1e-12 and (actual.var(dim=1, unbiased=False) - 1).abs().max() < 1e-4
+
+
+def test_pixel_decoder_layer_inference_path_matches_autograd_path(monkeypatch):
+    from magnet_hf import MagNetConfig
+    from magnet_hf.modeling_magnet import MagNetPixelDecoder, MagNetPixelDecoderLayer
+
+    torch.manual_seed(0)
+    config = MagNetConfig.from_preset("magnet-tiny")
+    layer = MagNetPixelDecoderLayer(config, 2).double().eval()
+    for parameter in layer.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    monkeypatch.setattr(MagNetPixelDecoderLayer, "FEEDFORWARD_CHUNK", 11)
+    shapes = [(3, 4), (6, 8)]
+    hidden = torch.randn(2, 60, config.decoder_hidden_size, dtype=torch.float64)
+    position = torch.randn(1, 60, config.decoder_hidden_size, dtype=torch.float64)
+    arguments = (position, MagNetPixelDecoder.reference_points(shapes, hidden.device), shapes, torch.tensor([0, 12]))
+    expected = layer(hidden, *arguments)
+    assert expected.requires_grad
+    before = hidden.clone()
+    with torch.no_grad():
+        actual = layer(hidden, *arguments)
+    assert torch.equal(hidden, before)
+    assert (actual - expected.detach()).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("has_gate", [True, False])
+def test_fusion_image_by_image_matches_whole_batch(has_gate, monkeypatch):
+    from magnet_hf.modeling_magnet import MagNetImageFusion, MagNetWordPixelAttention
+
+    torch.manual_seed(0)
+    image_fusion = MagNetImageFusion(32, 24, [1, 2, 3, 6], 0.0, has_gate=has_gate).double().eval()
+    language_fusion = MagNetWordPixelAttention(24, 32).double().eval()
+    for parameter in [*image_fusion.parameters(), *language_fusion.parameters()]:
+        torch.nn.init.normal_(parameter, std=0.3)
+    visual = torch.randn(3, 12, 9, 32, dtype=torch.float64)
+    words = torch.randn(3, 7, 24, dtype=torch.float64)
+    word_mask = torch.tensor([[1] * 7, [1] * 3 + [0] * 4, [1] * 5 + [0] * 2])
+
+    seen_batches = []
+    image_fusion.pixel_word_attention.register_forward_hook(lambda module, args, out: seen_batches.append(len(out)))
+
+    def run():
+        with torch.no_grad():
+            gated, fused = image_fusion(visual, words, word_mask)
+            return gated, fused, language_fusion(words, visual.flatten(1, 2), word_mask)
+
+    monkeypatch.setattr(modeling_magnet, "PER_IMAGE_MIN_PIXELS", 10**9)
+    whole_batch = run()
+    monkeypatch.setattr(modeling_magnet, "PER_IMAGE_MIN_PIXELS", 12 * 9)
+    image_by_image = run()
+    assert seen_batches == [3, 1, 1, 1]
+    assert (whole_batch[0] is None) == (not has_gate) == (image_by_image[0] is None)
+    for expected, actual in zip(whole_batch, image_by_image):
+        if expected is not None:
+            assert actual.shape == expected.shape
+            assert (actual - expected).abs().max().item() < 1e-12

@@ -19,7 +19,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 
 # Samples (batch x queries x heads x levels x points) handled at once by the pixel decoder's attention.
-SAMPLES_PER_CHUNK = 2**19
+SAMPLES_PER_CHUNK = 2**17
 
 
 def _per_level(values: list[float], num_points: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -45,19 +45,19 @@ def padded_value_table(value: torch.Tensor, value_spatial_shapes: list[tuple[int
     The values laid out for [`sample_pixel_coordinates`]: `(batch, heads, padded positions, head_dim)`, one contiguous
     table of rows per (batch, head), every level with a border of zeros (one row/column before, two after). With the
     coordinates clamped to [-1, size], a bilinear corner off the map then lands on the border or carries zero weight:
-    zero padding without masks.
+    zero padding without masks. Each level is copied straight into its place (no per-level intermediates).
     """
     batch_size, _, num_heads, head_dim = value.shape
-    levels = value.split([height * width for height, width in value_spatial_shapes], dim=1)
-    return torch.cat(
-        [
-            F.pad(level.permute(0, 2, 3, 1).reshape(batch_size, num_heads, head_dim, height, width), (1, 2, 1, 2))
-            .flatten(3)
-            .transpose(2, 3)
-            for level, (height, width) in zip(levels, value_spatial_shapes)
-        ],
-        dim=2,
-    )
+    padded_sizes = [(height + 3) * (width + 3) for height, width in value_spatial_shapes]
+    table = value.new_zeros(batch_size, num_heads, sum(padded_sizes), head_dim)
+    value_start, table_start = 0, 0
+    for (height, width), padded_size in zip(value_spatial_shapes, padded_sizes):
+        level = value[:, value_start : value_start + height * width]
+        region = table[:, :, table_start : table_start + padded_size]  # slices, not split(): autograd allows their copy_
+        interior = region.view(batch_size, num_heads, height + 3, width + 3, head_dim)[:, :, 1 : height + 1, 1 : width + 1]
+        interior.copy_(level.view(batch_size, height, width, num_heads, head_dim).permute(0, 3, 1, 2, 4))
+        value_start, table_start = value_start + height * width, table_start + padded_size
+    return table
 
 
 def sample_pixel_coordinates(
@@ -153,11 +153,25 @@ def multi_scale_deformable_attention_gather(
     return sample_pixel_coordinates(table, value_spatial_shapes, x, y, attention_weights.flatten(3, 4))
 
 
+def _one_image(tensor: torch.Tensor | None, image: int) -> torch.Tensor | None:
+    """Image `image` of a batched tensor, keeping the batch axis; a tensor of batch 1 is shared by every image."""
+    if tensor is None or tensor.shape[0] == 1:
+        return tensor
+    return tensor[image : image + 1]
+
+
+def _join_image_major(chunks: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """Concatenates `(1, queries_chunk, ...)` pieces listed image by image into `(batch, queries, ...)`."""
+    per_image = len(chunks) // batch_size
+    return torch.cat([torch.cat(chunks[i : i + per_image], dim=1) for i in range(0, len(chunks), per_image)])
+
+
 class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
     """
     transformers' Mask2Former pixel-decoder deformable attention (same parameters and names, so checkpoints load
     unchanged) computing its samples with [`sample_pixel_coordinates`] instead of a per-level `grid_sample` loop, a
-    chunk of queries at a time.
+    chunk of queries at a time. Returns `(output, attention_weights)`, the weights only with `output_attentions=True`
+    (`None` otherwise, as in transformers' attention modules), and a position embedding of batch 1 is broadcast.
 
     The offsets are added in pixels (`reference * size - 0.5 + offset`) rather than through the [0, 1] frame
     (`(reference + offset / size) * size - 0.5`): the same point, rounded once instead of twice. The locations,
@@ -176,7 +190,7 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
         spatial_shapes_list: list[tuple[int, int]] | None = None,
         level_start_index: torch.Tensor | None = None,
         output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if reference_points is None or reference_points.shape[-1] != 2:
             raise ValueError("MagNet's deformable attention takes (x, y) reference points of shape (..., levels, 2).")
         if encoder_hidden_states is None:
@@ -185,18 +199,11 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
         sequence_length = encoder_hidden_states.shape[1]
         if sum(height * width for height, width in spatial_shapes_list) != sequence_length:
             raise ValueError("The spatial shapes do not add up to the sequence length of the encoder hidden states.")
-        if position_embeddings is not None:
-            hidden_states = hidden_states + position_embeddings
 
-        value = self.value_proj(encoder_hidden_states)
-        if attention_mask is not None:
-            value = value.masked_fill(attention_mask[..., None], 0.0)
-        value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
-
+        device_type = hidden_states.device.type
         num_samples = self.n_levels * self.n_points
-        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+        with torch.autocast(device_type=device_type, enabled=False):
             dtype = torch.promote_types(hidden_states.dtype, torch.float32)
-            table = padded_value_table(value.to(dtype), spatial_shapes_list)
             # Rows of the offset projection reordered from (heads, levels, points, xy) to (xy, heads, levels, points),
             # so that the x and the y offsets each come out as contiguous runs.
             offset_weight = self.sampling_offsets.weight.to(dtype).view(-1, 2, self.d_model).transpose(0, 1)
@@ -204,27 +211,56 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
             offset_bias = self.sampling_offsets.bias.to(dtype).view(-1, 2).transpose(0, 1).reshape(-1)
             weight_projection = (self.attention_weights.weight.to(dtype), self.attention_weights.bias.to(dtype))
             # Reference points in pixels of every level, repeated over the points: (batch, queries, 1, samples).
-            widths = _per_level([width for _, width in spatial_shapes_list], self.n_points, dtype, value.device)
-            heights = _per_level([height for height, _ in spatial_shapes_list], self.n_points, dtype, value.device)
+            widths = _per_level([width for _, width in spatial_shapes_list], self.n_points, dtype, hidden_states.device)
+            heights = _per_level([height for height, _ in spatial_shapes_list], self.n_points, dtype, hidden_states.device)
             reference_points = reference_points.to(dtype).repeat_interleave(self.n_points, dim=-2)
             reference_x = (reference_points[..., 0] * widths - 0.5)[:, :, None]
             reference_y = (reference_points[..., 1] * heights - 0.5)[:, :, None]
 
-            # A few thousand queries at a time: the sampling's temporaries (~40 bytes per sample, 2.4M samples per
-            # image at 480x480) then stay in cache-sized pieces instead of adding ~300 MB to the peak.
-            chunk = max(1, SAMPLES_PER_CHUNK // (batch_size * self.n_heads * num_samples))
-            outputs, all_weights = [], []
+        # A few thousand queries of one image at a time, from the position embedding to the output projection: the
+        # sampling's temporaries (~100 bytes per sample, 2.4M samples per image at 480x480) stay in cache-sized pieces,
+        # and at inference each chunk's projected output goes straight into its slice of the result.
+        chunk = max(1, SAMPLES_PER_CHUNK // (self.n_heads * num_samples))
+        keep_graph = torch.is_grad_enabled()
+        output, outputs, all_weights = None, [], []
+        for image in range(batch_size):
+            # The image's values, projected and laid out for the gather here: one image's table (20 MB at 480x480)
+            # is written and read while it is still in cache.
+            value = self.value_proj(encoder_hidden_states[image : image + 1])
+            if attention_mask is not None:
+                value = value.masked_fill(_one_image(attention_mask, image)[..., None], 0.0)
+            value = value.view(1, sequence_length, self.n_heads, self.d_model // self.n_heads)
+            with torch.autocast(device_type=device_type, enabled=False):
+                image_table = padded_value_table(value.to(dtype), spatial_shapes_list)
+            del value
+            image_positions, image_x, image_y = (
+                _one_image(t, image) for t in (position_embeddings, reference_x, reference_y)
+            )
             for start in range(0, num_queries, chunk):
-                queries = hidden_states[:, start : start + chunk].to(dtype)
+                queries = hidden_states[image : image + 1, start : start + chunk]
+                if image_positions is not None:
+                    queries = queries + image_positions[:, start : start + chunk]
                 length = queries.shape[1]
-                offsets = F.linear(queries, offset_weight, offset_bias).view(batch_size, length, 2, self.n_heads, -1)
-                attention_weights = F.linear(queries, *weight_projection).view(batch_size, length, self.n_heads, -1)
-                attention_weights = attention_weights.softmax(-1)
-                x = offsets[:, :, 0] + reference_x[:, start : start + chunk]
-                y = offsets[:, :, 1] + reference_y[:, start : start + chunk]
-                outputs.append(sample_pixel_coordinates(table, spatial_shapes_list, x, y, attention_weights))
-                all_weights.append(attention_weights)
-            output = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
-            attention_weights = torch.cat(all_weights, dim=1) if len(all_weights) > 1 else all_weights[0]
-        output = self.output_proj(output)
+                with torch.autocast(device_type=device_type, enabled=False):
+                    queries = queries.to(dtype)
+                    offsets = F.linear(queries, offset_weight, offset_bias).view(1, length, 2, self.n_heads, -1)
+                    attention_weights = F.linear(queries, *weight_projection).view(1, length, self.n_heads, -1)
+                    attention_weights = attention_weights.softmax(-1)
+                    x = offsets[:, :, 0] + image_x[:, start : start + chunk]
+                    y = offsets[:, :, 1] + image_y[:, start : start + chunk]
+                    sampled = sample_pixel_coordinates(image_table, spatial_shapes_list, x, y, attention_weights)
+                projected = self.output_proj(sampled)  # under the caller's autocast, as the unchunked projection was
+                if keep_graph:
+                    outputs.append(projected)
+                else:
+                    if output is None:
+                        output = projected.new_empty(batch_size, num_queries, projected.shape[-1])
+                    output[image : image + 1, start : start + chunk] = projected
+                if output_attentions:
+                    all_weights.append(attention_weights)
+        if keep_graph:
+            output = _join_image_major(outputs, batch_size)
+        if not output_attentions:
+            return output, None
+        attention_weights = _join_image_major(all_weights, batch_size)
         return output, attention_weights.view(batch_size, num_queries, self.n_heads, self.n_levels, self.n_points)

@@ -9,6 +9,7 @@ the official numbers; see `DESIGN.md` section 2 of the project for the list.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,6 @@ from timm.models.swin_transformer import (
     SwinTransformerBlock,
     WindowAttention,
     get_relative_position_index,
-    window_partition,
-    window_reverse,
 )
 from torch import nn
 from transformers import BertModel, Mask2FormerConfig, PreTrainedModel
@@ -96,6 +95,17 @@ class MagNetReferringSegmentationOutput(MagNetModelOutput):
     loss_dict: dict[str, torch.FloatTensor] | None = None
 
 
+# Maps of at least this many pixels go through the memory-bound parts of inference one image at a time (stages 1 and 2
+# at 480x480): an image's working set then stays near the cache, and the matrix products are tall enough without the
+# batch. Below it the batch runs together, which is where batching pays.
+PER_IMAGE_MIN_PIXELS = 3600
+
+
+def _one_image_at_a_time(module: nn.Module, batch_size: int, num_pixels: int) -> bool:
+    """Whether an inference forward of `module` over `num_pixels`-pixel maps should loop over the batch."""
+    return batch_size > 1 and num_pixels >= PER_IMAGE_MIN_PIXELS and not module.training and not torch.is_grad_enabled()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Image stream: timm's Swin modules, run with the released padding order
 # --------------------------------------------------------------------------------------------------------------------
@@ -107,11 +117,26 @@ class MagNetSwinBlock(SwinTransformerBlock):
     zero-padded to whole windows *before* the cyclic shift, the shift mask is built on the padded grid, and a map
     smaller than the window is padded up to it instead of shrinking the window. timm's own block rolls first and pads
     after, and clamps the window to small maps; both give different numbers from the released weights' training.
+
+    Padding, shift and window partition are one row gather with an index built once per map size, and the way back is
+    one more; at inference the residuals are added in place and the MLP runs a few thousand tokens at a time. The block
+    then writes each large tensor once instead of through roll, pad, permute and activation copies.
     """
+
+    # Elements of the MLP's (tokens, 4 * dim) hidden activation per chunk at inference: the block's largest tensor.
+    MLP_CHUNK_ELEMENTS = 2**21
 
     def __init__(self, **kwargs):
         super().__init__(always_partition=True, dynamic_mask=True, **kwargs)
         self._shift_masks: dict[tuple, torch.Tensor] = {}
+        self._window_indices: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    def _padded_size(self, height: int, width: int) -> tuple[int, int]:
+        window_height, window_width = self.window_size
+        return (
+            height + (window_height - height % window_height) % window_height,
+            width + (window_width - width % window_width) % window_width,
+        )
 
     def _shift_mask(self, reference: torch.Tensor, padded_height: int, padded_width: int) -> torch.Tensor | None:
         """Shift mask `(num_windows, window_area, window_area)` for this padded size (built once and reused), or `None`
@@ -124,62 +149,114 @@ class MagNetSwinBlock(SwinTransformerBlock):
             self._shift_masks[key] = self.get_attn_mask(grid)
         return self._shift_masks[key]
 
-    def _attention_bias(self, num_windows: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """Relative-position bias plus shift mask, `(1, num_windows * heads, area, area)` (`(1, heads, ...)` unshifted)."""
+    def _window_index(
+        self, height: int, width: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """
+        Index tensors for a `height` x `width` map, built once per size and reused:
+
+        - `gather` `(padded_height * padded_width,)`: for every token of the windows of the zero-padded, cyclically
+          shifted map (window-major, row-major inside a window), the row-major index of the map token it holds;
+          padding points at token 0 and is overwritten after the gather.
+        - `scatter` `(height * width,)`: for every map token, its position among the window tokens (the inverse).
+        - `padding` (`None` on a map of whole windows): the positions among the window tokens that hold padding.
+        """
+        key = (height, width, device)
+        if key not in self._window_indices:
+            window_height, window_width = self.window_size
+            padded_height, padded_width = self._padded_size(height, width)
+            # Shifting by -s: position i of the shifted map holds position (i + s) mod size of the padded map.
+            rows = (torch.arange(padded_height) + self.shift_size[0]) % padded_height
+            columns = (torch.arange(padded_width) + self.shift_size[1]) % padded_width
+            is_padding = (rows[:, None] >= height) | (columns[None, :] >= width)
+            source = (rows[:, None] * width + columns[None, :]).masked_fill(is_padding, 0)
+
+            def window_major(grid: torch.Tensor) -> torch.Tensor:
+                rows_of_windows, columns_of_windows = padded_height // window_height, padded_width // window_width
+                grid = grid.view(rows_of_windows, window_height, columns_of_windows, window_width)
+                return grid.transpose(1, 2).reshape(-1)
+
+            gather, is_padding = window_major(source), window_major(is_padding)
+            positions = torch.arange(gather.numel())
+            scatter = torch.empty(height * width, dtype=torch.long)
+            scatter[gather[~is_padding]] = positions[~is_padding]
+            padding = positions[is_padding].to(device) if bool(is_padding.any()) else None
+            self._window_indices[key] = (gather.to(device), scatter.to(device), padding)
+        return self._window_indices[key]
+
+    def _attention_bias(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """Relative-position bias plus shift mask: `(num_windows, heads, area, area)`, or `(1, heads, area, area)` for
+        an unshifted block (shared by all windows)."""
         bias = self.attn._get_rel_pos_bias()  # (1, heads, area, area)
         if mask is None:
             return bias
-        return (bias + mask[:, None].to(bias.dtype)).view(1, num_windows * self.attn.num_heads, *mask.shape[-2:])
+        return bias + mask[:, None].to(bias.dtype)
 
     def _attn(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # hidden_states: (batch, height, width, channels), already normalised by norm1.
         # Same numbers as timm's WindowAttention on the zero-padded, shifted map, computed with less work: the qkv and
         # output projections act per token, so they run on the real tokens only (a zero-padded token projects to the
-        # qkv bias, so padding the projections with the bias is exact), and the windows go through
-        # scaled_dot_product_attention with the bias and shift mask as one additive mask.
+        # qkv bias), the windows are gathered straight from the projected tokens, and attention reads strided views
+        # of them through scaled_dot_product_attention with the bias and shift mask as one additive mask.
         attention = self.attn
         batch_size, height, width, channels = hidden_states.shape
-        window_height, window_width = self.window_size
         num_heads = attention.num_heads
         head_dim = attention.qkv.out_features // (3 * num_heads)
-        pad_bottom = (window_height - height % window_height) % window_height
-        pad_right = (window_width - width % window_width) % window_width
-        padded_height, padded_width = height + pad_bottom, width + pad_right
+        gather, scatter, padding = self._window_index(height, width, hidden_states.device)
+        num_window_tokens = gather.numel()
+        num_windows = num_window_tokens // self.window_area
 
-        qkv = attention.qkv(hidden_states)  # (batch, height, width, 3 * heads * head_dim)
-        if pad_bottom or pad_right:
-            padded = qkv.new_zeros(batch_size, padded_height, padded_width, qkv.shape[-1])
-            if attention.qkv.bias is not None:
-                padded += attention.qkv.bias
-            padded[:, :height, :width] = qkv
-            qkv = padded
+        qkv = attention.qkv(hidden_states).view(batch_size, height * width, 3 * channels)
+        windows = qkv.index_select(1, gather)  # (batch, windows * area, 3 * channels)
+        del qkv
+        if padding is not None:
+            windows[:, padding] = attention.qkv.bias.to(windows.dtype) if attention.qkv.bias is not None else 0.0
+        windows = windows.view(batch_size, num_windows, self.window_area, 3, num_heads, head_dim)
+        mask = self._shift_mask(hidden_states, *self._padded_size(height, width))
+        bias = self._attention_bias(mask).to(windows.dtype)
+        dropout = attention.attn_drop.p if self.training else 0.0
+        # One image at a time: the shift mask varies over windows and the bias over heads, and neither broadcasts
+        # over a (batch x windows) axis that is not contiguous in memory.
+        attended = []
+        for image in windows.unbind(0):
+            query, key, value = (t.transpose(1, 2) for t in image.unbind(2))  # each (windows, heads, area, head_dim)
+            output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+            attended.append(output.transpose(1, 2).reshape(num_window_tokens, channels))
+        del windows, image, query, key, value
+        if torch.is_grad_enabled():
+            tokens = torch.stack(attended).index_select(1, scatter)
+        else:
+            tokens = hidden_states.new_empty(batch_size, height * width, channels, dtype=attended[0].dtype)
+            for image_index, output in enumerate(attended):
+                torch.index_select(output, 0, scatter, out=tokens[image_index])
+        del attended
+        return attention.proj_drop(attention.proj(tokens)).view(batch_size, height, width, channels)
 
-        has_shift = any(self.shift_size)
-        if has_shift:
-            qkv = torch.roll(qkv, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-        rows, columns = padded_height // window_height, padded_width // window_width
-        num_windows = rows * columns
-        qkv = qkv.view(batch_size, rows, window_height, columns, window_width, 3, num_heads, head_dim)
-        query, key, value = (
-            qkv.permute(5, 0, 1, 3, 6, 2, 4, 7)
-            .reshape(3, batch_size, num_windows * num_heads, self.window_area, head_dim)
-            .unbind(0)
-        )  # each (batch, windows * heads, area, head_dim)
-        mask = self._attention_bias(num_windows, self._shift_mask(hidden_states, padded_height, padded_width))
-        if not has_shift:
-            # The bias is shared by all windows: let it broadcast over them.
-            query, key, value = (t.view(batch_size * num_windows, num_heads, self.window_area, head_dim) for t in (query, key, value))
-        attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask.to(query.dtype), dropout_p=attention.attn_drop.p if self.training else 0.0
-        )
-        attended = (
-            attended.view(batch_size, rows, columns, num_heads, window_height, window_width, head_dim)
-            .permute(0, 1, 4, 2, 5, 3, 6)
-            .reshape(batch_size, padded_height, padded_width, channels)
-        )
-        if has_shift:
-            attended = torch.roll(attended, shifts=self.shift_size, dims=(1, 2))
-        return attention.proj_drop(attention.proj(attended[:, :height, :width, :]))
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # (batch, height, width, channels) -> same shape.
+        if self.training or torch.is_grad_enabled():
+            return super().forward(hidden_states)
+        batch_size, height, width, channels = hidden_states.shape
+        # On large maps one image at a time (a 120x120 map's qkv alone is 22 MB per image): see PER_IMAGE_MIN_PIXELS.
+        one_at_a_time = _one_image_at_a_time(self, batch_size, height * width)
+        groups = hidden_states.split(1) if one_at_a_time else (hidden_states,)
+        chunk = max(1, self.MLP_CHUNK_ELEMENTS // self.mlp.fc1.out_features)
+        output = None
+        for index, group in enumerate(groups):
+            attended = self._attn(self.norm1(group))
+            if not one_at_a_time and attended.dtype == group.dtype:
+                block_output = attended  # a fresh tensor: the residual goes into it in place (x + a == a + x exactly)
+                block_output += group
+            else:  # several images, or under autocast a low-precision attention output joining a float32 stream
+                if output is None:
+                    dtype = torch.promote_types(group.dtype, attended.dtype)
+                    output = hidden_states.new_empty(hidden_states.shape, dtype=dtype)
+                block_output = output[index : index + group.shape[0]]
+                torch.add(group, attended, out=block_output)
+            del attended
+            for part in block_output.view(-1, channels).split(chunk):
+                part += self.mlp(self.norm2(part))
+        return block_output if output is None else output
 
 
 class MagNetSwinStage(nn.Module):
@@ -342,6 +419,9 @@ class MagNetImageFusion(nn.Module):
         next Swin stage (`None` without a gate) and the fused feature `(batch, dim, height, width)` for the decoder.
         """
         batch_size, height, width, dim = visual.shape
+        if _one_image_at_a_time(self, batch_size, height * width):
+            gated, fused = zip(*(self(*image) for image in zip(visual.split(1), words.split(1), word_mask.split(1))))
+            return (None if self.gate is None else torch.cat(gated)), torch.cat(fused)
         pixels = visual.reshape(batch_size, height * width, dim)
         residual = self.pixel_word_attention(pixels, words, word_mask)
         feature_map = visual.permute(0, 3, 1, 2)
@@ -354,12 +434,25 @@ class MagNetImageFusion(nn.Module):
         return gated, fused
 
 
-def _normalize_over_positions(hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+# Positions per chunk where a pixel-sized tensor is reduced piecewise at inference.
+_POSITIONS_PER_CHUNK = 2048
+
+
+def _normalize_over_positions(
+    hidden_states: torch.Tensor, mask: torch.Tensor | None = None, in_place: bool = False
+) -> torch.Tensor:
     """Instance norm of `(batch, positions, channels)` over the positions (no affine, eps 1e-5), optionally only over
-    positions where `mask` `(batch, positions)` is 1; masked positions then come out as zeros."""
+    positions where `mask` `(batch, positions)` is 1; masked positions then come out as zeros. With `in_place` (and no
+    mask) `hidden_states` is overwritten with the result, which saves two copies of a pixel-sized projection."""
     if mask is None:
+        mean = hidden_states.mean(dim=1, keepdim=True)
+        if in_place:
+            centered = hidden_states.sub_(mean)
+            # The squares a few thousand positions at a time, so that no second full-size tensor is written.
+            squares = sum(part.square().sum(dim=1, keepdim=True) for part in centered.split(_POSITIONS_PER_CHUNK, dim=1))
+            return centered.div_(torch.sqrt(squares / centered.shape[1] + 1e-5))
         # Two-pass variance of the centred values: `var` over the strided positions axis is several times slower.
-        centered = hidden_states - hidden_states.mean(dim=1, keepdim=True)
+        centered = hidden_states - mean
         variance = centered.square().mean(dim=1, keepdim=True)
         return centered / torch.sqrt(variance + 1e-5)
     weights = mask.to(hidden_states.dtype)[..., None]
@@ -396,6 +489,8 @@ class MagNetWordPixelAttention(nn.Module):
         self.scale = text_dim**-0.5
 
     def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        if _one_image_at_a_time(self, words.shape[0], pixels.shape[1]):
+            return torch.cat([self(*image) for image in zip(words.split(1), pixels.split(1), word_mask.split(1))])
         with torch.autocast(device_type=words.device.type, enabled=False):
             words, pixels = _at_least_float32(words), _at_least_float32(pixels)
             word_mask = word_mask.to(words.dtype)
@@ -405,14 +500,19 @@ class MagNetWordPixelAttention(nn.Module):
             else:
                 query_scale = word_mask
             query = self.query_projection(words) * query_scale[..., None]  # (batch, num_words, text_dim)
-            key = _normalize_over_positions(self.key_projection(pixels))  # (batch, num_pixels, text_dim)
-            value = _normalize_over_positions(self.value_projection(pixels))
+            # The pixel-sized key and value (text_dim wide: 44 MB per image at stage 1 of a 480x480 input) are made
+            # one after the other, and at inference normalised where they lie.
+            in_place = not torch.is_grad_enabled()
+            key = _normalize_over_positions(self.key_projection(pixels), in_place=in_place)  # (batch, pixels, text_dim)
             scores = torch.matmul(query, key.transpose(1, 2)) * self.scale  # (batch, num_words, num_pixels)
+            del key
             if self.released_masking:
                 # Constant along the softmax axis, so it masks nothing; kept because at fp32 it rounds the padding
                 # rows' huge scores exactly as they were rounded when the released weights were trained.
                 scores = scores + (1e4 * query_scale[..., None] - 1e4)
+            value = _normalize_over_positions(self.value_projection(pixels), in_place=in_place)
             attended = self.output_projection(torch.matmul(scores.softmax(dim=-1), value))
+            del value
             attended = _normalize_over_positions(attended, None if self.released_masking else word_mask)
             return self.dropout(F.gelu(self.fusion_projection(visual * attended)))
 
@@ -470,20 +570,21 @@ class MagNetPixelDecoderLayer(nn.Module):
             spatial_shapes_list=spatial_shapes,
             level_start_index=level_start_index,
         )
-        hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-        return self.final_layer_norm(hidden_states + self._feedforward(hidden_states))
-
-    def _feedforward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # The FFN's inner activation (tokens x 1024, 78 MB per image at 480x480) is the decoder's largest tensor: ReLU
-        # in place, and at inference a few thousand tokens at a time (every token is independent).
         if torch.is_grad_enabled():
-            return self.fc2(self.fc1(hidden_states).relu_())
-        tokens = hidden_states.flatten(0, 1)
-        output = torch.empty_like(tokens)
-        for start in range(0, tokens.shape[0], self.FEEDFORWARD_CHUNK):
-            part = tokens[start : start + self.FEEDFORWARD_CHUNK]
-            output[start : start + self.FEEDFORWARD_CHUNK] = self.fc2(self.fc1(part).relu_())
-        return output.view_as(hidden_states)
+            hidden_states = self.self_attn_layer_norm(hidden_states + attended)
+            return self.final_layer_norm(hidden_states + self.fc2(self.fc1(hidden_states).relu_()))
+        # Inference: every step after the attention acts per token, so both residuals, both norms and the FFN (whose
+        # inner activation, tokens x 1024, is the decoder's largest tensor) run a few thousand tokens at a time, in
+        # place in the attention output: one token-sized tensor instead of six.
+        if attended.dtype == hidden_states.dtype:
+            attended += hidden_states  # x + a == a + x exactly
+        else:  # autocast: a low-precision attention output joins a float32 stream
+            attended = hidden_states + attended
+        del hidden_states
+        for part in attended.view(-1, attended.shape[-1]).split(self.FEEDFORWARD_CHUNK):
+            normed = self.self_attn_layer_norm(part)
+            part.copy_(self.final_layer_norm(normed + self.fc2(self.fc1(normed).relu_())))
+        return attended
 
 
 class MagNetPixelDecoder(nn.Module):
@@ -521,16 +622,24 @@ class MagNetPixelDecoder(nn.Module):
 
     def forward(self, fused_features: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`fused_features`: fine to coarse `(batch, C_k, H_k, W_k)`. Returns `(mask_features, [1/32, 1/16, 1/8 maps])`."""
-        sources, positions, spatial_shapes = [], [], []
-        for level, (feature, projection) in enumerate(zip(fused_features[::-1], self.input_projections)):
-            feature = _at_least_float32(feature)  # the sampling and GroupNorm stay in fp32 at least, as released
-            spatial_shapes.append(tuple(feature.shape[-2:]))
-            sources.append(projection(feature).flatten(2).transpose(1, 2))
-            position = self.position_embedding(feature.shape, feature.device, feature.dtype)
-            positions.append(position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
-        hidden_states = torch.cat(sources, dim=1)  # (batch, tokens, hidden)
-        position_embeddings = torch.cat(positions, dim=1)
+        spatial_shapes = [tuple(feature.shape[-2:]) for feature in fused_features[::-1]]
         sizes = [height * width for height, width in spatial_shapes]
+        batch_size = fused_features[0].shape[0]
+        hidden_states = position_embeddings = None
+        for level, (feature, projection, start) in enumerate(
+            zip(fused_features[::-1], self.input_projections, [0, *itertools.accumulate(sizes)])
+        ):
+            feature = _at_least_float32(feature)  # the sampling and GroupNorm stay in fp32 at least, as released
+            source = projection(feature).flatten(2).transpose(1, 2)  # (batch, H_l * W_l, hidden)
+            # The sine embedding is the same for every image: computed for one and broadcast over the batch.
+            position = self.position_embedding(torch.Size((1, *feature.shape[1:])), feature.device, feature.dtype)
+            position = position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
+            if hidden_states is None:  # every level written straight into its slice of the token sequence
+                hidden_states = source.new_empty(batch_size, sum(sizes), source.shape[-1])
+                position_embeddings = position.new_empty(1, sum(sizes), position.shape[-1])
+            hidden_states[:, start : start + sizes[level]] = source
+            position_embeddings[:, start : start + sizes[level]] = position
+            del source, position
         level_start_index = torch.tensor([0] + sizes[:-1], device=hidden_states.device).cumsum(0)
         reference_points = self.reference_points(spatial_shapes, hidden_states.device)
         for layer in self.layers:
