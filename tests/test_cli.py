@@ -148,7 +148,7 @@ def test_demo_writes_overlays_and_prints_the_iou_of_each_mask(model_folder, tmp_
     printed = capsys.readouterr().out
     scene_file = re.search(r"Scene: (\S+)", printed).group(1)
     scene_index = int(re.search(r"scene(\d+)\.png", scene_file).group(1))
-    scene = generate_scene(0, scene_index, 128)
+    scene = generate_scene(demo_module.DEMO_SCENE_SEED, scene_index, 128)
     assert np.array_equal(np.asarray(Image.open(scene_file).convert("RGB")), np.asarray(scene.image))
     rows = re.findall(r"^(the .+?)\s+(\d\.\d{3})\s+(\d\.\d{3})$", printed, flags=re.M)
     assert len(rows) == 3

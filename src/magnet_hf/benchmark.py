@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from .argtypes import positive_int
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEVICES = ("cpu", "cuda")
 PRESET_NAMES = ("magnet-base", "magnet-tiny")
@@ -550,35 +552,25 @@ def write_json(report: dict[str, Any], path: str | Path, overwrite: bool = False
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="benchmark.py",
         description="Benchmark MagNet inference (and training for magnet-tiny) with random weights.",
     )
     parser.add_argument("--preset", default="magnet-base", choices=PRESET_NAMES)
-    parser.add_argument("--batch-size", type=_positive_int, nargs="+", default=[1], help="one or more batch sizes")
+    parser.add_argument("--batch-size", type=positive_int, nargs="+", default=[1], help="one or more batch sizes")
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="bfloat16 runs under autocast")
     parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
-    parser.add_argument("--repeats", type=_positive_int, default=5, help="timed forwards per configuration")
-    parser.add_argument("--image-size", type=_positive_int, default=None, help="defaults to the preset's (480 / 128)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed forwards per configuration")
+    parser.add_argument("--image-size", type=positive_int, default=None, help="defaults to the preset's (480 / 128)")
     train = parser.add_mutually_exclusive_group()
     train.add_argument("--train-step", dest="train_step", action="store_true", default=None, help="time a training step")
     train.add_argument("--no-train-step", dest="train_step", action="store_false", help="skip the training step")
-    parser.add_argument("--train-repeats", type=_positive_int, default=3)
-    parser.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
+    parser.add_argument("--train-repeats", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
     parser.add_argument("--no-isolate", action="store_true", help="run every configuration in this process")
-    parser.add_argument("--matmul-size", type=_positive_int, default=4096)
+    parser.add_argument("--matmul-size", type=positive_int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the full report here")
     parser.add_argument("--overwrite", action="store_true", help="allow --json to replace an existing file")

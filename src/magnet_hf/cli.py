@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .argtypes import non_negative_int, positive_int, probability
 from .demo import DEMO_SCENE_SEED
 
 #: Subcommands that hand their arguments to an existing command line: name -> (module, help).
@@ -22,36 +23,6 @@ WRAPPED_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 EXIT_BAD_INPUT = 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
 
 
 def _expression(text: str) -> str:
@@ -87,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "which knows synthetic scenes of coloured shapes only",
     )
     segment.add_argument("--output", required=True, help="folder for the PNGs (created if missing)")
-    segment.add_argument("--threshold", type=_probability, default=0.5, help="mask probability threshold (default 0.5)")
-    segment.add_argument("--batch-size", type=_positive_int, default=4, help="expressions per forward pass")
+    segment.add_argument("--threshold", type=probability, default=0.5, help="mask probability threshold (default 0.5)")
+    segment.add_argument("--batch-size", type=positive_int, default=4, help="expressions per forward pass")
     segment.add_argument("--device", help="cpu, cuda, cuda:1... (default: a GPU if there is one)")
     segment.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
@@ -107,12 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", help="saved MagNet folder instead of the embedded demo model")
     demo.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=DEMO_SCENE_SEED,
         help=f"synthetic scene seed (default {DEMO_SCENE_SEED}: scenes the embedded model, trained on seed 0, never saw)",
     )
-    demo.add_argument("--scene", type=_non_negative_int, default=0, help="first scene index to try (default 0)")
-    demo.add_argument("--num-expressions", type=_positive_int, default=4, help="expressions to segment (default 4)")
+    demo.add_argument("--scene", type=non_negative_int, default=0, help="first scene index to try (default 0)")
+    demo.add_argument("--num-expressions", type=positive_int, default=4, help="expressions to segment (default 4)")
     demo.add_argument("--device", help="cpu, cuda... (default: a GPU if there is one)")
     demo.add_argument("--overwrite", action="store_true", help="replace existing output files")
 

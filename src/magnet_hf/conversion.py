@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import BertConfig
 
+from .atomic import replace_directory
 from .configuration_magnet import MagNetConfig
 
 
@@ -379,7 +380,7 @@ def convert_official_checkpoint(
         model.save_pretrained(staging, state_dict=released)
         if processor is not None:
             processor.save_pretrained(staging)
-        _replace_directory(staging, output_dir)
+        replace_directory(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -398,21 +399,6 @@ def _build_processor(tokenizer: str | Path, config: MagNetConfig):
         raise ConversionError(f"Could not load the tokenizer {tokenizer!r}: {error}") from error
     image_processor = MagNetImageProcessor(size={"height": config.image_size, "width": config.image_size})
     return MagNetProcessor(image_processor=image_processor, tokenizer=loaded)
-
-
-def _replace_directory(source: Path, target: Path) -> None:
-    """Moves `source` to `target`; an existing `target` is swapped out first and removed only after the move."""
-    if not target.exists():
-        source.rename(target)
-        return
-    backup = target.with_name(f".{target.name}.old-{next(tempfile._get_candidate_names())}")
-    target.rename(backup)
-    try:
-        source.rename(target)
-    except BaseException:
-        backup.rename(target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def build_argument_parser():

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .argtypes import positive_int
 from .metrics import DEFAULT_THRESHOLDS, ReferringSegmentationMetric, format_metrics_table
-
 
 logger = logging.getLogger(__name__)
 
@@ -350,16 +350,6 @@ def update_model_card(
 # ----------------------------------------------------------------------------------------------------- CLI
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of `scripts/evaluate.py`."""
     parser = argparse.ArgumentParser(
@@ -370,13 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="saved model folder (with its processor) or Hub id")
     parser.add_argument("--dataset", required=True, help="save_to_disk folder, Hub id / local dataset, or 'synthetic'")
     parser.add_argument("--split", required=True, help="split to evaluate, e.g. val, testA")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="samples per forward pass and process")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="samples per forward pass and process")
     parser.add_argument("--resolution", choices=RESOLUTIONS, default="released", help="scoring resolution")
     parser.add_argument("--output", help="write the results to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--update-model-card", action="store_true", help="record the metrics in the model's README")
-    parser.add_argument("--max-samples", type=_positive_int, help="evaluate only the first N (object, sentence) samples")
-    parser.add_argument("--synthetic-images", type=_positive_int, default=10, help="images of --dataset synthetic")
+    parser.add_argument("--max-samples", type=positive_int, help="evaluate only the first N (object, sentence) samples")
+    parser.add_argument("--synthetic-images", type=positive_int, default=10, help="images of --dataset synthetic")
     parser.add_argument("--synthetic-seed", type=int, default=0, help="seed of --dataset synthetic")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser

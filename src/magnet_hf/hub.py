@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .atomic import replace_directory
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -132,7 +134,7 @@ def build_hub_folder(
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         _write_hub_files(model_dir, card_path, staging)
-        _replace_directory(staging, output_dir)
+        replace_directory(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -150,20 +152,6 @@ def _write_hub_files(model_dir: Path, card_path: Path, target: Path) -> None:
     # imports; the model and processor saves add their own remote code and auto_map entries.
     pipeline.save_pretrained(target)
     shutil.copyfile(card_path, target / "README.md")
-
-
-def _replace_directory(source: Path, target: Path) -> None:
-    if not target.exists():
-        source.rename(target)
-        return
-    backup = target.with_name(f".{target.name}.replaced-{os.getpid()}")
-    target.rename(backup)
-    try:
-        source.rename(target)
-    except BaseException:
-        backup.rename(target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def push_folder_to_hub(

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..argtypes import non_negative_int, positive_int
+
 #: Learning rate per preset when `--learning-rate` is not given. magnet-base follows the published recipe (AdamW
 #: 5e-5 with pretrained encoders); magnet-tiny trains from scratch, which needs a much larger step: 2e-3 (with a few
 #: warm-up steps) left the all-background phase within 10 steps on the synthetic set where 1e-3 needed 30-40.
@@ -117,26 +119,6 @@ class TrainingArguments:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
 def _override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -160,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--eval-split", default="val")
     data.add_argument("--hub-layout", choices=["jxu124"], help="convert a jxu124/refcoco* Hub dataset (needs --coco-images)")
     data.add_argument("--coco-images", help="COCO train2014 folder for --hub-layout jxu124")
-    data.add_argument("--synthetic-images", type=_positive_int, default=200, help="images of --dataset synthetic (80/10/10 split)")
-    data.add_argument("--synthetic-seed", type=_non_negative_int, default=0)
-    data.add_argument("--max-eval-samples", type=_positive_int, help="evaluate on the first N (object, sentence) samples")
-    data.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader worker processes")
+    data.add_argument("--synthetic-images", type=positive_int, default=200, help="images of --dataset synthetic (80/10/10 split)")
+    data.add_argument("--synthetic-seed", type=non_negative_int, default=0)
+    data.add_argument("--max-eval-samples", type=positive_int, help="evaluate on the first N (object, sentence) samples")
+    data.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader worker processes")
 
     model = parser.add_argument_group("model")
     model.add_argument("--preset", help="start from a preset: magnet-tiny or magnet-base")
@@ -171,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--image-encoder", help="pretrained Swin: timm model name or local weights file")
     model.add_argument("--text-encoder", help="pretrained BERT: Hub id or local folder")
     model.add_argument("--tokenizer", help="Hub id or folder; default: the text encoder's, else one trained on the sentences")
-    model.add_argument("--vocab-size", type=_positive_int, default=1000, help="size bound of a tokenizer trained here")
-    model.add_argument("--image-size", type=_positive_int, help="input size (default: the preset's)")
+    model.add_argument("--vocab-size", type=positive_int, default=1000, help="size bound of a tokenizer trained here")
+    model.add_argument("--image-size", type=positive_int, help="input size (default: the preset's)")
     model.add_argument("--config-override", dest="config_overrides", type=_override, action="append", default=[],
                        metavar="KEY=VALUE", help="set a MagNetConfig field (JSON value), e.g. drop_path_rate=0")
     model.add_argument("--no-mask-grounding", action="store_true", help="train without the Mask Grounding loss")
@@ -182,26 +164,26 @@ def build_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--learning-rate", type=float, help="AdamW peak lr (default: 5e-5; 2e-3 for magnet-tiny from scratch)")
     optim.add_argument("--weight-decay", type=float, default=1e-2, help="0 for norms and position-bias tables")
-    optim.add_argument("--warmup-steps", type=_non_negative_int, default=0, help="linear warm-up before the poly decay")
+    optim.add_argument("--warmup-steps", type=non_negative_int, default=0, help="linear warm-up before the poly decay")
     optim.add_argument("--poly-power", type=float, default=0.9, help="lr = peak * (1 - step/total)^power")
-    optim.add_argument("--num-epochs", type=_positive_int, default=1)
-    optim.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --num-epochs)")
-    optim.add_argument("--batch-size", type=_positive_int, default=8, help="samples per process and micro-step")
-    optim.add_argument("--gradient-accumulation-steps", type=_positive_int, default=1)
+    optim.add_argument("--num-epochs", type=positive_int, default=1)
+    optim.add_argument("--max-steps", type=positive_int, help="optimizer steps (overrides --num-epochs)")
+    optim.add_argument("--batch-size", type=positive_int, default=8, help="samples per process and micro-step")
+    optim.add_argument("--gradient-accumulation-steps", type=positive_int, default=1)
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
     optim.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default="no")
-    optim.add_argument("--seed", type=_non_negative_int, default=0)
+    optim.add_argument("--seed", type=non_negative_int, default=0)
 
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", required=True)
     run.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output-dir")
     run.add_argument("--resume", help="'latest' or a checkpoint folder (output_dir/checkpoints/step-N)")
     run.add_argument("--eval-strategy", choices=EVAL_STRATEGIES, default="epoch")
-    run.add_argument("--eval-steps", type=_positive_int, help="evaluate every N steps (with --eval-strategy steps)")
-    run.add_argument("--eval-batch-size", type=_positive_int, default=16)
-    run.add_argument("--save-steps", type=_positive_int, help="checkpoint every N steps (default: at each evaluation)")
-    run.add_argument("--save-total-limit", type=_positive_int, default=2, help="checkpoints kept")
-    run.add_argument("--logging-steps", type=_positive_int, default=10)
+    run.add_argument("--eval-steps", type=positive_int, help="evaluate every N steps (with --eval-strategy steps)")
+    run.add_argument("--eval-batch-size", type=positive_int, default=16)
+    run.add_argument("--save-steps", type=positive_int, help="checkpoint every N steps (default: at each evaluation)")
+    run.add_argument("--save-total-limit", type=positive_int, default=2, help="checkpoints kept")
+    run.add_argument("--logging-steps", type=positive_int, default=10)
     run.add_argument("--report-to", nargs="+", default=["auto"],
                      help="trackers: 'auto' (TensorBoard when installed), 'none', or names such as tensorboard wandb")
     run.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is present")
