@@ -24,8 +24,8 @@ TRAIN_SCRIPT = str(REPOSITORY / "scripts" / "train.py")
 QUIET = ["--no-progress", "--report-to", "none"]
 # The learning run: 100 scenes (80 train images, ~160 refs), 64 px, 30 steps of 8 refs at magnet-tiny's default lr.
 LEARN = ["--dataset", "synthetic", "--synthetic-images", "100", "--preset", "magnet-tiny", "--image-size", "64",
-         "--batch-size", "8", "--max-steps", "30", "--warmup-steps", "4", "--eval-strategy", "steps",
-         "--eval-steps", "10", *QUIET]
+         "--batch-size", "8", "--max-steps", "60", "--warmup-steps", "4", "--eval-strategy", "steps",
+         "--eval-steps", "20", *QUIET]
 # Short runs for fault handling: 32 px is the smallest magnet-tiny input.
 SHORT = ["--dataset", "synthetic", "--synthetic-images", "30", "--preset", "magnet-tiny", "--image-size", "32",
          "--batch-size", "4", "--eval-strategy", "no", "--max-eval-samples", "8", *QUIET]
@@ -71,7 +71,7 @@ def test_training_lowers_the_loss_and_beats_the_untrained_model(learning_run):
 
     output, result = learning_run
     losses = [entry["loss"] for entry in result.log_history]
-    assert len(losses) == 3 and losses[-1] < 0.75 * losses[0], losses
+    assert len(losses) >= 3 and losses[-1] < 0.75 * losses[0], losses
     # The untrained model is the run's own starting point: same seed, same config.
     set_seed(0)
     untrained = MagNetForReferringSegmentation(MagNetConfig.from_pretrained(str(output)))
@@ -188,7 +188,9 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     from magnet_hf.data import build_synthetic_dataset
 
     steps, learning_rate = 6, 1e-3
-    arguments = [*SHORT, *NO_DROPOUT, "--max-steps", str(steps), "--eval-strategy", "steps", "--eval-steps", "6",
+    # The auxiliary losses are off: pixel-to-pixel draws its pixels from each process's own random stream, and Mask
+    # Grounding averages over each process's masked tokens, so with them two processes legitimately differ from one.
+    arguments = [*SHORT, *NO_DROPOUT, "--no-mask-grounding", "--no-alignment-loss", "--max-steps", str(steps), "--eval-strategy", "steps", "--eval-steps", "6",
                  "--max-eval-samples", "16", "--logging-steps", "1", "--learning-rate", str(learning_rate)]
     single = tmp_path / "single"
     train(parse_args([*arguments, "--batch-size", "8", "--output-dir", str(single)]))
