@@ -330,7 +330,7 @@ def test_swin_block_inference_path_matches_reference(shift, size, one_image_at_a
         block.attn.relative_position_bias_table.normal_()
         block.attn.qkv.bias.normal_()
     monkeypatch.setattr(MagNetSwinBlock, "MLP_CHUNK_ELEMENTS", 64 * 7)  # 7 tokens per chunk: a short last chunk
-    monkeypatch.setattr(modeling_magnet, "PER_IMAGE_MIN_PIXELS", 1 if one_image_at_a_time else 10**9)
+    monkeypatch.setattr(modeling_magnet, "INFERENCE_GROUP_ELEMENTS", 1 if one_image_at_a_time else 10**12)
     hidden = torch.randn(3, *size, 16, dtype=torch.float64)
     before = hidden.clone()
     with torch.no_grad():
@@ -397,8 +397,10 @@ def test_pixel_decoder_layer_inference_path_matches_autograd_path(monkeypatch):
     assert (actual - expected.detach()).abs().max().item() < 1e-12
 
 
+# An image fusion's group budget is pixels x 2 x dim elements per image (12 x 9 x 2 x 32 here).
+@pytest.mark.parametrize("group_elements, image_groups", [(1, [1, 1, 1]), (2 * 12 * 9 * 2 * 32, [2, 1])])
 @pytest.mark.parametrize("has_gate", [True, False])
-def test_fusion_image_by_image_matches_whole_batch(has_gate, monkeypatch):
+def test_fusion_in_groups_matches_whole_batch(has_gate, group_elements, image_groups, monkeypatch):
     from magnet_hf.modeling_magnet import MagNetImageFusion, MagNetWordPixelAttention
 
     torch.manual_seed(0)
@@ -418,11 +420,11 @@ def test_fusion_image_by_image_matches_whole_batch(has_gate, monkeypatch):
             gated, fused = image_fusion(visual, words, word_mask)
             return gated, fused, language_fusion(words, visual.flatten(1, 2), word_mask)
 
-    monkeypatch.setattr(modeling_magnet, "PER_IMAGE_MIN_PIXELS", 10**9)
+    monkeypatch.setattr(modeling_magnet, "INFERENCE_GROUP_ELEMENTS", 10**12)
     whole_batch = run()
-    monkeypatch.setattr(modeling_magnet, "PER_IMAGE_MIN_PIXELS", 12 * 9)
+    monkeypatch.setattr(modeling_magnet, "INFERENCE_GROUP_ELEMENTS", group_elements)
     image_by_image = run()
-    assert seen_batches == [3, 1, 1, 1]
+    assert seen_batches == [3, *image_groups]
     assert (whole_batch[0] is None) == (not has_gate) == (image_by_image[0] is None)
     for expected, actual in zip(whole_batch, image_by_image):
         if expected is not None:

@@ -49,6 +49,44 @@ def test_batching_does_not_change_a_sample(tiny_model):
     torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
 
 
+# One image per group everywhere; or (the last fusion's 4 x 4 x 2 x 256 elements per image) groups of two there.
+@pytest.mark.parametrize("group_elements, last_fusion_groups", [(1, [1, 1, 1]), (20_000, [2, 1])])
+def test_inference_in_groups_matches_the_whole_batch(tiny_model, group_elements, last_fusion_groups, monkeypatch):
+    # Inference splits large batches into groups of images (see INFERENCE_GROUP_ELEMENTS); in float64 every output
+    # of the grouped forward equals the whole-batch forward to rounding.
+    import copy
+
+    from magnet_hf import modeling_magnet
+
+    model = copy.deepcopy(tiny_model).double()
+    pixel_values, input_ids, attention_mask = tiny_inputs(batch=3)
+    pixel_values = pixel_values.double()
+    group_sizes = []
+    model.model.pixel_decoder.register_forward_hook(lambda module, args, out: group_sizes.append(len(out[0])))
+    fusion_group_sizes = []
+    last_fusion = model.model.image_fusions[-1].pixel_word_attention
+    last_fusion.register_forward_hook(lambda module, args, out: fusion_group_sizes.append(len(out)))
+
+    def run():
+        with torch.no_grad():
+            return model(pixel_values, input_ids, attention_mask, output_hidden_states=True)
+
+    monkeypatch.setattr(modeling_magnet, "INFERENCE_GROUP_ELEMENTS", 10**12)
+    whole = run()
+    monkeypatch.setattr(modeling_magnet, "INFERENCE_GROUP_ELEMENTS", group_elements)
+    grouped = run()
+    assert group_sizes == [3, 1, 1, 1]  # the decoders' 1,360 x 64 tokens exceed either budget: one image at a time
+    assert fusion_group_sizes == [3, *last_fusion_groups]
+    pairs = [(whole.pred_masks, grouped.pred_masks), (whole.pred_logits, grouped.pred_logits)]
+    pairs += [(whole.mask_features, grouped.mask_features), (whole.text_features, grouped.text_features)]
+    pairs += list(zip(whole.fused_features, grouped.fused_features))
+    for expected, actual in zip(whole.auxiliary_predictions, grouped.auxiliary_predictions):
+        pairs += [(expected["pred_masks"], actual["pred_masks"]), (expected["pred_logits"], actual["pred_logits"])]
+    for expected, actual in pairs:
+        assert actual.shape == expected.shape
+        assert (actual - expected).abs().max().item() < 1e-10
+
+
 def test_save_and_load_reproduce_outputs_exactly(tiny_model, tmp_path):
     pixel_values, input_ids, attention_mask = tiny_inputs()
     tiny_model.save_pretrained(tmp_path)

@@ -95,15 +95,20 @@ class MagNetReferringSegmentationOutput(MagNetModelOutput):
     loss_dict: dict[str, torch.FloatTensor] | None = None
 
 
-# Maps of at least this many pixels go through the memory-bound parts of inference one image at a time (stages 1 and 2
-# at 480x480): an image's working set then stays near the cache, and the matrix products are tall enough without the
-# batch. Below it the batch runs together, which is where batching pays.
-PER_IMAGE_MIN_PIXELS = 3600
+# Inference splits a batch into groups of images whose largest per-pixel tensor together holds at most this many
+# elements (16 MB in fp32, half the last-level cache of the 2-core reference machine): a group's working set then
+# stays near the cache, and the matrix products are tall enough without more images. Measured on that machine, large
+# maps (Swin stages 1-2 and the pixel decoder at 480x480) go one image at a time, stage 3 two and stage 4 four at a
+# time, which is where batching pays. Training always runs the whole batch.
+INFERENCE_GROUP_ELEMENTS = 2**22
 
 
-def _one_image_at_a_time(module: nn.Module, batch_size: int, num_pixels: int) -> bool:
-    """Whether an inference forward of `module` over `num_pixels`-pixel maps should loop over the batch."""
-    return batch_size > 1 and num_pixels >= PER_IMAGE_MIN_PIXELS and not module.training and not torch.is_grad_enabled()
+def _inference_groups(module: nn.Module, batch_size: int, elements_per_image: int) -> list[slice]:
+    """The batch slices an inference forward of `module` runs one after the other (one slice: the whole batch)."""
+    if module.training or torch.is_grad_enabled() or batch_size == 1:
+        return [slice(0, batch_size)]
+    group_size = max(1, min(batch_size, INFERENCE_GROUP_ELEMENTS // max(elements_per_image, 1)))
+    return [slice(start, min(start + group_size, batch_size)) for start in range(0, batch_size, group_size)]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -237,22 +242,22 @@ class MagNetSwinBlock(SwinTransformerBlock):
         if self.training or torch.is_grad_enabled():
             return super().forward(hidden_states)
         batch_size, height, width, channels = hidden_states.shape
-        # On large maps one image at a time (a 120x120 map's qkv alone is 22 MB per image): see PER_IMAGE_MIN_PIXELS.
-        one_at_a_time = _one_image_at_a_time(self, batch_size, height * width)
-        groups = hidden_states.split(1) if one_at_a_time else (hidden_states,)
+        # A 120x120 map's qkv alone is 22 MB per image: see INFERENCE_GROUP_ELEMENTS.
+        groups = _inference_groups(self, batch_size, height * width * self.attn.qkv.out_features)
         chunk = max(1, self.MLP_CHUNK_ELEMENTS // self.mlp.fc1.out_features)
         output = None
-        for index, group in enumerate(groups):
-            attended = self._attn(self.norm1(group))
-            if not one_at_a_time and attended.dtype == group.dtype:
+        for group in groups:
+            inputs = hidden_states[group]
+            attended = self._attn(self.norm1(inputs))
+            if len(groups) == 1 and attended.dtype == inputs.dtype:
                 block_output = attended  # a fresh tensor: the residual goes into it in place (x + a == a + x exactly)
-                block_output += group
-            else:  # several images, or under autocast a low-precision attention output joining a float32 stream
+                block_output += inputs
+            else:  # several groups, or under autocast a low-precision attention output joining a float32 stream
                 if output is None:
-                    dtype = torch.promote_types(group.dtype, attended.dtype)
+                    dtype = torch.promote_types(inputs.dtype, attended.dtype)
                     output = hidden_states.new_empty(hidden_states.shape, dtype=dtype)
-                block_output = output[index : index + group.shape[0]]
-                torch.add(group, attended, out=block_output)
+                block_output = output[group]
+                torch.add(inputs, attended, out=block_output)
             del attended
             for part in block_output.view(-1, channels).split(chunk):
                 part += self.mlp(self.norm2(part))
@@ -419,8 +424,9 @@ class MagNetImageFusion(nn.Module):
         next Swin stage (`None` without a gate) and the fused feature `(batch, dim, height, width)` for the decoder.
         """
         batch_size, height, width, dim = visual.shape
-        if _one_image_at_a_time(self, batch_size, height * width):
-            gated, fused = zip(*(self(*image) for image in zip(visual.split(1), words.split(1), word_mask.split(1))))
+        groups = _inference_groups(self, batch_size, height * width * 2 * dim)  # the mixer's input is ~2 * dim wide
+        if len(groups) > 1:
+            gated, fused = zip(*(self(visual[group], words[group], word_mask[group]) for group in groups))
             return (None if self.gate is None else torch.cat(gated)), torch.cat(fused)
         pixels = visual.reshape(batch_size, height * width, dim)
         residual = self.pixel_word_attention(pixels, words, word_mask)
@@ -489,8 +495,10 @@ class MagNetWordPixelAttention(nn.Module):
         self.scale = text_dim**-0.5
 
     def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        if _one_image_at_a_time(self, words.shape[0], pixels.shape[1]):
-            return torch.cat([self(*image) for image in zip(words.split(1), pixels.split(1), word_mask.split(1))])
+        # The pixel-sized key and value are text_dim wide.
+        groups = _inference_groups(self, words.shape[0], pixels.shape[1] * self.key_projection.out_features)
+        if len(groups) > 1:
+            return torch.cat([self(words[group], pixels[group], word_mask[group]) for group in groups])
         with torch.autocast(device_type=words.device.type, enabled=False):
             words, pixels = _at_least_float32(words), _at_least_float32(pixels)
             word_mask = word_mask.to(words.dtype)
@@ -857,10 +865,8 @@ class MagNetModel(MagNetPreTrainedModel):
             if not is_last:
                 visual = gated_visual
 
-        mask_features, multi_scale_features = self.pixel_decoder(tuple(fused_features))
-        decoded = self.transformer_decoder(multi_scale_features=multi_scale_features, mask_features=mask_features)
-        mask_predictions = decoded.masks_queries_logits
-        class_predictions = [self.class_predictor(hidden.transpose(0, 1)) for hidden in decoded.intermediate_hidden_states]
+        mask_features, mask_predictions, query_states = self._decode(fused_features)
+        class_predictions = [self.class_predictor(hidden) for hidden in query_states]
         auxiliary = tuple(
             {"pred_masks": masks, "pred_logits": logits}
             for masks, logits in zip(mask_predictions[:-1], class_predictions[:-1])
@@ -874,6 +880,31 @@ class MagNetModel(MagNetPreTrainedModel):
             fused_features=tuple(fused_features) if output_hidden_states else None,
         )
         return output if return_dict else output.to_tuple()
+
+    def _decode(self, fused_features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """
+        Pixel decoder and transformer decoder over the fused maps (fine to coarse `(batch, C_k, H_k, W_k)`). Returns
+        the mask features `(batch, hidden, H/4, W/4)`, every decoder layer's mask logits `(batch, queries, H/4, W/4)`
+        and its query states `(batch, queries, hidden)`. Both decoders act on each image alone, and the pixel decoder's
+        19,125-token sequence is 20 MB per image at 480x480, so inference runs them group by group.
+        """
+        batch_size = fused_features[0].shape[0]
+        tokens = sum(feature.shape[-2] * feature.shape[-1] for feature in fused_features)
+        groups = _inference_groups(self, batch_size, tokens * self.config.decoder_hidden_size)
+        mask_features, mask_predictions, query_states = [], [], []
+        for group in groups:
+            features, multi_scale_features = self.pixel_decoder(tuple(feature[group] for feature in fused_features))
+            decoded = self.transformer_decoder(multi_scale_features=multi_scale_features, mask_features=features)
+            mask_features.append(features)
+            mask_predictions.append(decoded.masks_queries_logits)
+            query_states.append([hidden.transpose(0, 1) for hidden in decoded.intermediate_hidden_states])
+        if len(groups) == 1:
+            return mask_features[0], list(mask_predictions[0]), query_states[0]
+        return (
+            torch.cat(mask_features),
+            [torch.cat(layer) for layer in zip(*mask_predictions)],
+            [torch.cat(layer) for layer in zip(*query_states)],
+        )
 
     def load_pretrained_image_encoder(self, name_or_path: str | Path) -> None:
         """Loads Swin weights from a timm model name (downloads) or a local `.pth`/`.bin`/`.safetensors` file (timm or
