@@ -236,3 +236,31 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model):
     tiny_model(pixel_values, input_ids, attention_mask, labels=labels).loss.backward()
     for name, gradient in reference.items():
         torch.testing.assert_close(dict(tiny_model.named_parameters())[name].grad, gradient, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_keep_the_language_fusion_in_float32(dtype):
+    # from_pretrained(dtype=half) keeps the language fusion in fp32 and runs the rest in half precision: the trained
+    # demo model's masks on a synthetic scene then match its fp32 masks; a plain cast is refused with a clear error.
+    from magnet_hf import MagNetProcessor
+    from magnet_hf.demo import demo_model_path, find_demo_scene, pick_demo_expressions
+
+    folder = demo_model_path()
+    reference = MagNetForReferringSegmentation.from_pretrained(folder).eval()
+    half = MagNetForReferringSegmentation.from_pretrained(folder, dtype=dtype).eval()
+    assert {p.dtype for n, p in half.named_parameters() if "language_fusions" in n} == {torch.float32}
+    assert half.model.pixel_decoder.mask_projection.weight.dtype == dtype
+    processor = MagNetProcessor.from_pretrained(folder)
+    _, scene = find_demo_scene(1, 0, reference.config.image_size, 3)
+    texts = [text for _, text in pick_demo_expressions(scene, 3)]
+    inputs = processor(images=[scene.image] * len(texts), text=texts, return_tensors="pt")
+    with torch.no_grad():
+        expected = reference(**inputs).pred_masks > 0
+        actual = half(**{**inputs, "pixel_values": inputs["pixel_values"].to(dtype)}).pred_masks
+    assert actual.dtype == dtype
+    actual = actual > 0
+    iou = (expected & actual).sum() / (expected | actual).sum()
+    assert expected.sum() > 0 and iou >= 0.9
+    with pytest.raises(ValueError, match="language fusion's weights are"):
+        with torch.no_grad():
+            reference.to(dtype)(**{**inputs, "pixel_values": inputs["pixel_values"].to(dtype)})

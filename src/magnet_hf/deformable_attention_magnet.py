@@ -249,7 +249,9 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
                     x = offsets[:, :, 0] + image_x[:, start : start + chunk]
                     y = offsets[:, :, 1] + image_y[:, start : start + chunk]
                     sampled = sample_pixel_coordinates(image_table, spatial_shapes_list, x, y, attention_weights)
-                projected = self.output_proj(sampled)  # under the caller's autocast, as the unchunked projection was
+                # Under the caller's autocast, as the unchunked projection was; weights loaded in half precision get
+                # their own dtype.
+                projected = self.output_proj(sampled.to(self.output_proj.weight.dtype))
                 if keep_graph:
                     outputs.append(projected)
                 else:

@@ -534,6 +534,14 @@ class MagNetLanguageFusion(nn.Module):
         self.gate = MagNetResidualGate(text_dim, nn.ReLU)
 
     def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        weights_dtype = self.gate.in_proj.weight.dtype
+        if weights_dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"The language fusion's weights are {weights_dtype}, but it must run in float32 (its released masking "
+                "overflows half precision). Load with `from_pretrained(..., dtype=torch.bfloat16)`, which keeps it in "
+                "float32, call `model.model.language_fusions.float()` after casting, or cast nothing and run under "
+                "`torch.autocast`."
+            )
         residual = self.word_pixel_attention(words, pixels, word_mask)
         return self.gate(_at_least_float32(words), residual).to(words.dtype)
 
@@ -637,7 +645,9 @@ class MagNetPixelDecoder(nn.Module):
         for level, (feature, projection, start) in enumerate(
             zip(fused_features[::-1], self.input_projections, [0, *itertools.accumulate(sizes)])
         ):
-            feature = _at_least_float32(feature)  # the sampling and GroupNorm stay in fp32 at least, as released
+            # Under autocast the sampling and GroupNorm stay in fp32 at least, as released; a model whose weights were
+            # loaded in half precision runs in its own dtype.
+            feature = feature.to(torch.promote_types(feature.dtype, projection[0].weight.dtype))
             source = projection(feature).flatten(2).transpose(1, 2)  # (batch, H_l * W_l, hidden)
             # The sine embedding is the same for every image: computed for one and broadcast over the batch.
             position = self.position_embedding(torch.Size((1, *feature.shape[1:])), feature.device, feature.dtype)
@@ -672,6 +682,9 @@ class MagNetPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["MagNetSwinBlock", "BertLayer", "MagNetPixelDecoderLayer"]
+    # Loading with `dtype=torch.bfloat16` (or float16) keeps the language fusion in fp32: its released masking scales
+    # queries by -1e4, and the products overflow half precision.
+    _keep_in_fp32_modules_strict = ["language_fusions"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
