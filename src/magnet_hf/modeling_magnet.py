@@ -107,8 +107,12 @@ def _inference_groups(module: nn.Module, batch_size: int, elements_per_image: in
     """The batch slices an inference forward of `module` runs one after the other (one slice: the whole batch)."""
     if module.training or torch.is_grad_enabled() or batch_size == 1:
         return [slice(0, batch_size)]
-    group_size = max(1, min(batch_size, INFERENCE_GROUP_ELEMENTS // max(elements_per_image, 1)))
-    return [slice(start, min(start + group_size, batch_size)) for start in range(0, batch_size, group_size)]
+    largest_group = max(1, INFERENCE_GROUP_ELEMENTS // max(elements_per_image, 1))
+    num_groups = -(-batch_size // largest_group)
+    # Groups of equal size (8 images at most 6 together: 4 + 4, not 6 + 2), the larger ones first.
+    sizes = [batch_size // num_groups + (index < batch_size % num_groups) for index in range(num_groups)]
+    starts = [0, *itertools.accumulate(sizes)]
+    return [slice(start, start + size) for start, size in zip(starts, sizes)]
 
 
 # --------------------------------------------------------------------------------------------------------------------
