@@ -170,11 +170,15 @@ def test_demo_writes_overlays_and_prints_the_iou_of_each_mask(model_folder, tmp_
 
 def test_wrapped_commands_hand_over_their_arguments(tmp_path, capsys):
     assert main(["evaluate", "--help"]) == 0
-    assert "--update-model-card" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("usage: magnet-hf evaluate ") and "--update-model-card" in printed
     assert main(["convert", "--checkpoint", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "out")]) == 2
     assert "missing.pth" in capsys.readouterr().err
+    assert main(["convert", "--output", str(tmp_path / "out")]) == 2
+    assert "usage: magnet-hf convert " in capsys.readouterr().err
     assert main(["prepare-data", "--help"]) == 0
-    assert "--refer-root" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.startswith("usage: magnet-hf prepare-data ") and "--refer-root" in printed
 
 
 def test_module_entry_point_exits_non_zero_on_bad_input(tmp_path):

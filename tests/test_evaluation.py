@@ -220,3 +220,17 @@ def test_two_processes_give_the_single_process_numbers(model_dir, dataset_dir, d
     assert written["num_samples"] == len(direct["released"])
     expected = expected_metrics(direct["released"])
     assert {key: written["metrics"][key] for key in expected} == pytest.approx(expected, abs=1e-12)
+
+
+def test_synthetic_evaluation_defaults_to_scenes_training_never_drew():
+    from magnet_hf.evaluation import load_evaluation_split
+
+    def fingerprints(split):
+        return {np.asarray(image.convert("RGB")).tobytes() for image in split["image"]}
+
+    training = build_synthetic_dataset({"train": 20}, image_size=64, seed=0)["train"]  # training's default seed
+    evaluated = load_evaluation_split("synthetic", "val", synthetic_images=20, image_size=64)
+    assert len(fingerprints(evaluated)) == 20
+    assert not fingerprints(training) & fingerprints(evaluated)
+    same_seed = load_evaluation_split("synthetic", "val", synthetic_images=20, synthetic_seed=0, image_size=64)
+    assert fingerprints(same_seed) == fingerprints(training)  # the check above can see an overlap

@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in WRAPPED_COMMANDS:
         module = importlib.import_module(WRAPPED_COMMANDS[argv[0]][0])
         try:
-            return int(module.main(argv[1:]) or 0)
+            return int(module.main(argv[1:], prog=f"magnet-hf {argv[0]}") or 0)
         except SystemExit as exit:  # argparse of the wrapped command: usage already printed
             return exit.code if isinstance(exit.code, int) else EXIT_BAD_INPUT
     try:

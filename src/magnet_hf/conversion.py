@@ -401,10 +401,11 @@ def _build_processor(tokenizer: str | Path, config: MagNetConfig):
     return MagNetProcessor(image_processor=image_processor, tokenizer=loaded)
 
 
-def build_argument_parser():
+def build_argument_parser(prog: str | None = None):
     import argparse
 
     parser = argparse.ArgumentParser(
+        prog=prog,
         description="Convert a released MagNet checkpoint into a magnet_hf (transformers) folder.",
     )
     parser.add_argument("--checkpoint", required=True, help="released .pth (weights under 'model') or .safetensors")
@@ -420,11 +421,11 @@ def build_argument_parser():
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Command-line entry point; returns the process exit code (2 for a conversion error)."""
     import sys
 
-    arguments = build_argument_parser().parse_args(argv)
+    arguments = build_argument_parser(prog).parse_args(argv)
     try:
         output = convert_official_checkpoint(
             arguments.checkpoint,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .argtypes import positive_int
+from .argtypes import non_negative_int, positive_int
 from .metrics import DEFAULT_THRESHOLDS, ReferringSegmentationMetric, format_metrics_table
 
 logger = logging.getLogger(__name__)
@@ -221,9 +221,11 @@ def _counts(prediction: torch.Tensor, ground_truth: np.ndarray) -> tuple[int, in
 
 
 def load_evaluation_split(
-    dataset: str, split: str, *, synthetic_images: int = 10, synthetic_seed: int = 0, image_size: int = 128
+    dataset: str, split: str, *, synthetic_images: int = 10, synthetic_seed: int = 1, image_size: int = 128
 ) -> Any:
     """Loads one split from a `save_to_disk` folder, a Hub id / local dataset (`load_dataset`), or `"synthetic"`.
+
+    Synthetic scenes default to seed 1: training defaults to seed 0, whose scenes an evaluation should not reuse.
 
     Raises:
         EvaluationError: the dataset cannot be loaded or has no such split (the message lists the available ones).
@@ -350,10 +352,10 @@ def update_model_card(
 # ----------------------------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of `scripts/evaluate.py`."""
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Argument parser of `scripts/evaluate.py` (and `magnet-hf evaluate`, which passes its `prog`)."""
     parser = argparse.ArgumentParser(
-        prog="evaluate.py",
+        prog=prog,
         description="Evaluate a MagNet model on a referring segmentation split (oIoU, mIoU, precision@t). "
         "Run with `accelerate launch` to use several processes.",
     )
@@ -367,15 +369,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--update-model-card", action="store_true", help="record the metrics in the model's README")
     parser.add_argument("--max-samples", type=positive_int, help="evaluate only the first N (object, sentence) samples")
     parser.add_argument("--synthetic-images", type=positive_int, default=10, help="images of --dataset synthetic")
-    parser.add_argument("--synthetic-seed", type=int, default=0, help="seed of --dataset synthetic")
+    parser.add_argument(
+        "--synthetic-seed",
+        type=non_negative_int,
+        default=1,
+        help="seed of --dataset synthetic (default 1: scenes that training, seed 0 by default, never drew)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Runs the evaluation CLI; returns the exit status (0 success, 2 bad input)."""
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(prog).parse_args(argv)
     except SystemExit as exit:  # argparse already printed the usage and the reason
         return int(exit.code or 0)
     try:

@@ -13,10 +13,10 @@ from .schema import PARTITIONS
 _SPLIT_BYS = sorted({split_by for partitions in PARTITIONS.values() for split_by in partitions})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of ``prepare_refcoco.py``."""
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Argument parser of ``prepare_refcoco.py`` (and ``magnet-hf prepare-data``, which passes its ``prog``)."""
     parser = argparse.ArgumentParser(
-        prog="prepare_refcoco.py",
+        prog=prog,
         description="Convert the official refer-toolkit files of RefCOCO/RefCOCO+/RefCOCOg into a "
         "datasets.DatasetDict saved with save_to_disk (one row per referred object).",
     )
@@ -32,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the conversion; returns the process exit status (0 ok, 2 bad input, 3 push failed)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         dataset = prepare_refer_dataset(
