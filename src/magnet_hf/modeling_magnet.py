@@ -719,11 +719,12 @@ class MagNetPreTrainedModel(PreTrainedModel):
             init.normal_(module.level_embed, std=1.0)
         elif isinstance(module, MagNetMaskGroundingHead):
             init.trunc_normal_(module.modality_embeddings, std=std)
-            # torch's attention keeps its input projection as a bare parameter that no Linear branch reaches; checkpoints
-            # without the (training-only) head would otherwise leave it uninitialised memory.
-            for layer in module.layers:
-                init.xavier_uniform_(layer.self_attn.in_proj_weight)
-                init.zeros_(layer.self_attn.in_proj_bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            # torch's attention (Mask2Former's cross-attention, the Mask Grounding layers) keeps its input projection
+            # as a bare parameter that no Linear branch reaches: a checkpoint without it would otherwise leave it
+            # uninitialised memory. torch's own initialisation, redrawn.
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
         elif isinstance(module, MagNetMaskedTokenPredictor):
             init.zeros_(module.bias)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
