@@ -286,3 +286,17 @@ def test_a_checkpoint_missing_the_decoder_cross_attention_gets_it_initialised(ti
         bound = math.sqrt(6 / (weight.shape[0] + weight.shape[1]))
         assert weight.abs().max() <= bound and abs(weight.std().item() - bound / math.sqrt(3)) < 0.1 * bound
         assert torch.all(bias == 0)
+
+
+def test_only_cpu_inference_runs_in_groups():
+    from magnet_hf.modeling_magnet import _inference_groups
+
+    module = torch.nn.Linear(2, 2).eval()
+    on_cpu, on_meta = torch.empty(5, 3), torch.empty(5, 3, device="meta")  # meta stands in for an accelerator
+    with torch.no_grad():
+        assert _inference_groups(module, on_cpu, 2**21) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+        assert _inference_groups(module, on_cpu, 2**23) == [slice(i, i + 1) for i in range(5)]
+        assert _inference_groups(module, on_meta, 2**23) == [slice(0, 5)]
+    assert _inference_groups(module, on_cpu, 2**23) == [slice(0, 5)]  # autograd: the whole batch
+    with torch.no_grad():
+        assert _inference_groups(module.train(), on_cpu, 2**23) == [slice(0, 5)]  # training mode: the whole batch

@@ -95,17 +95,20 @@ class MagNetReferringSegmentationOutput(MagNetModelOutput):
     loss_dict: dict[str, torch.FloatTensor] | None = None
 
 
-# Inference splits a batch into groups of images whose largest per-pixel tensor together holds at most this many
+# CPU inference splits a batch into groups of images whose largest per-pixel tensor together holds at most this many
 # elements (16 MB in fp32, half the last-level cache of the 2-core reference machine): a group's working set then
 # stays near the cache, and the matrix products are tall enough without more images. Measured on that machine, large
-# maps (Swin stages 1-2 and the pixel decoder at 480x480) go one image at a time, stage 3 two and stage 4 four at a
-# time, which is where batching pays. Training always runs the whole batch.
+# maps (Swin stages 1-2 and the pixel decoder at 480x480) go one image at a time and small ones several at a time,
+# which is where batching pays (README, "Speed"). Training, and accelerators (whose parallelism wants the whole
+# batch), always run the whole batch.
 INFERENCE_GROUP_ELEMENTS = 2**22
 
 
-def _inference_groups(module: nn.Module, batch_size: int, elements_per_image: int) -> list[slice]:
-    """The batch slices an inference forward of `module` runs one after the other (one slice: the whole batch)."""
-    if module.training or torch.is_grad_enabled() or batch_size == 1:
+def _inference_groups(module: nn.Module, batch: torch.Tensor, elements_per_image: int) -> list[slice]:
+    """The slices of `batch` (batch first) that an inference forward of `module` runs one after the other (one slice:
+    the whole batch)."""
+    batch_size = batch.shape[0]
+    if module.training or torch.is_grad_enabled() or batch_size == 1 or batch.device.type != "cpu":
         return [slice(0, batch_size)]
     largest_group = max(1, INFERENCE_GROUP_ELEMENTS // max(elements_per_image, 1))
     num_groups = -(-batch_size // largest_group)
@@ -245,9 +248,9 @@ class MagNetSwinBlock(SwinTransformerBlock):
         # (batch, height, width, channels) -> same shape.
         if self.training or torch.is_grad_enabled():
             return super().forward(hidden_states)
-        batch_size, height, width, channels = hidden_states.shape
+        _, height, width, channels = hidden_states.shape
         # A 120x120 map's qkv alone is 22 MB per image: see INFERENCE_GROUP_ELEMENTS.
-        groups = _inference_groups(self, batch_size, height * width * self.attn.qkv.out_features)
+        groups = _inference_groups(self, hidden_states, height * width * self.attn.qkv.out_features)
         chunk = max(1, self.MLP_CHUNK_ELEMENTS // self.mlp.fc1.out_features)
         output = None
         for group in groups:
@@ -428,7 +431,7 @@ class MagNetImageFusion(nn.Module):
         next Swin stage (`None` without a gate) and the fused feature `(batch, dim, height, width)` for the decoder.
         """
         batch_size, height, width, dim = visual.shape
-        groups = _inference_groups(self, batch_size, height * width * 2 * dim)  # the mixer's input is ~2 * dim wide
+        groups = _inference_groups(self, visual, height * width * 2 * dim)  # the mixer's input is ~2 * dim wide
         if len(groups) > 1:
             gated, fused = zip(*(self(visual[group], words[group], word_mask[group]) for group in groups))
             return (None if self.gate is None else torch.cat(gated)), torch.cat(fused)
@@ -500,7 +503,7 @@ class MagNetWordPixelAttention(nn.Module):
 
     def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         # The pixel-sized key and value are text_dim wide.
-        groups = _inference_groups(self, words.shape[0], pixels.shape[1] * self.key_projection.out_features)
+        groups = _inference_groups(self, pixels, pixels.shape[1] * self.key_projection.out_features)
         if len(groups) > 1:
             return torch.cat([self(words[group], pixels[group], word_mask[group]) for group in groups])
         with torch.autocast(device_type=words.device.type, enabled=False):
@@ -906,9 +909,8 @@ class MagNetModel(MagNetPreTrainedModel):
         and its query states `(batch, queries, hidden)`. Both decoders act on each image alone, and the pixel decoder's
         19,125-token sequence is 20 MB per image at 480x480, so inference runs them group by group.
         """
-        batch_size = fused_features[0].shape[0]
         tokens = sum(feature.shape[-2] * feature.shape[-1] for feature in fused_features)
-        groups = _inference_groups(self, batch_size, tokens * self.config.decoder_hidden_size)
+        groups = _inference_groups(self, fused_features[0], tokens * self.config.decoder_hidden_size)
         mask_features, mask_predictions, query_states = [], [], []
         for group in groups:
             features, multi_scale_features = self.pixel_decoder(tuple(feature[group] for feature in fused_features))
