@@ -545,9 +545,9 @@ class MagNetLanguageFusion(nn.Module):
         if weights_dtype in (torch.float16, torch.bfloat16):
             raise ValueError(
                 f"The language fusion's weights are {weights_dtype}, but it must run in float32 (its released masking "
-                "overflows half precision). Load with `from_pretrained(..., dtype=torch.bfloat16)`, which keeps it in "
-                "float32, call `model.model.language_fusions.float()` after casting, or cast nothing and run under "
-                "`torch.autocast`."
+                f"overflows half precision). Load with `from_pretrained(..., dtype={weights_dtype})`, which keeps it "
+                "in float32, call `.float()` on the model's `language_fusions` after casting, or cast nothing and run "
+                "under `torch.autocast`."
             )
         residual = self.word_pixel_attention(words, pixels, word_mask)
         return self.gate(_at_least_float32(words), residual).to(words.dtype)
