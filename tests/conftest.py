@@ -64,3 +64,9 @@ def official_fixtures() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return OFFICIAL_FIXTURES
+
+
+def pytest_configure(config):
+    # Markers of transformers' common test mixins (test_conformance.py runs them under --strict-markers).
+    for name in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+        config.addinivalue_line("markers", f"{name}: marker of transformers' common tests")

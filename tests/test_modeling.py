@@ -236,7 +236,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model):
     reference = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
     tiny_model.zero_grad()
     tiny_model.activation_checkpointing_enable()
-    assert tiny_model.model.image_encoder.layers[0].gradient_checkpointing
+    assert tiny_model.model.image_encoder.layers[0].blocks[0].gradient_checkpointing
     torch.manual_seed(0)
     tiny_model(pixel_values, input_ids, attention_mask, labels=labels).loss.backward()
     for name, gradient in reference.items():

@@ -17,7 +17,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_magnet import PRESETS, MagNetConfig
 from .demo import DemoModelMissingError, demo_model_path
-from .image_processing_magnet import MagNetImageError, MagNetImageProcessor
+from .image_processing_magnet import MagNetImageError, MagNetImageProcessor, MagNetImageProcessorPil
 from .modeling_magnet import (
     MagNetForReferringSegmentation,
     MagNetModel,
@@ -33,13 +33,18 @@ __version__ = "0.1.0"
 AutoConfig.register(MagNetConfig.model_type, MagNetConfig, exist_ok=True)
 AutoModel.register(MagNetConfig, MagNetModel, exist_ok=True)
 AutoModelForImageSegmentation.register(MagNetConfig, MagNetForReferringSegmentation, exist_ok=True)
-AutoImageProcessor.register(MagNetConfig, slow_image_processor_class=MagNetImageProcessor, exist_ok=True)
+AutoImageProcessor.register(
+    MagNetConfig,
+    image_processor_classes={"torchvision": MagNetImageProcessor, "pil": MagNetImageProcessorPil},
+    exist_ok=True,
+)
 AutoProcessor.register(MagNetConfig, MagNetProcessor, exist_ok=True)
 
 MagNetConfig.register_for_auto_class()
 MagNetModel.register_for_auto_class("AutoModel")
 MagNetForReferringSegmentation.register_for_auto_class("AutoModelForImageSegmentation")
 MagNetImageProcessor.register_for_auto_class("AutoImageProcessor")
+MagNetImageProcessorPil.register_for_auto_class("AutoImageProcessor")
 MagNetProcessor.register_for_auto_class("AutoProcessor")
 
 # AutoModel gives the inference network; a folder saved from MagNetForReferringSegmentation loads into it too.
@@ -58,6 +63,7 @@ __all__ = [
     "MagNetForReferringSegmentation",
     "MagNetImageError",
     "MagNetImageProcessor",
+    "MagNetImageProcessorPil",
     "MagNetModel",
     "MagNetModelOutput",
     "MagNetPreTrainedModel",

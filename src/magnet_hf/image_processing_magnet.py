@@ -1,5 +1,6 @@
 # Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
-"""Image processor for MagNet: square bilinear resize and ImageNet normalisation, as the released evaluation did."""
+"""Image processors for MagNet (torchvision and PIL backends): square bilinear resize and ImageNet normalisation, as
+the released evaluation did."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, PILImageResampling
 
 # Above this many pixels PIL suspects a decompression bomb; MagNet never needs more, so refuse clearly instead.
 MAX_IMAGE_PIXELS = 20_000 * 20_000
@@ -29,14 +30,7 @@ def load_image_as_rgb(image, index: int = 0) -> Image.Image:
     channels; integer arrays are read as 8- or 16-bit intensities, floating arrays as values in [0, 1]).
     """
     if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as opened:
-                opened.load()
-                image = opened.copy()
-        except FileNotFoundError:
-            raise MagNetImageError(f"Image {index}: file {os.fspath(image)!r} does not exist.") from None
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-            raise MagNetImageError(f"Image {index}: {os.fspath(image)!r} is not a readable image ({error}).") from None
+        image = _open_image(image, index)
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image, index)
     if isinstance(image, torch.Tensor):
@@ -96,23 +90,13 @@ def _array_to_rgb(array: np.ndarray, index: int) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
-def _size_of(size) -> tuple[int, int]:
-    """(height, width) from a `{"height", "width"}` dict or transformers' `SizeDict`."""
-    height = size.get("height") if isinstance(size, dict) else getattr(size, "height", None)
-    width = size.get("width") if isinstance(size, dict) else getattr(size, "width", None)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
-        raise ValueError(f"size must give a positive integer 'height' and 'width', got {size!r}.")
-    return height, width
-
-
-class MagNetImageProcessor(PilBackend):
+class _MagNetImageProcessingMixin:
     r"""
-    Resizes images to a square `size` (no aspect kept) with PIL's bilinear filter, scales to [0, 1] and normalises
-    with the ImageNet mean and standard deviation: exactly the released MagNet evaluation transform, which is why this
-    processor works on PIL images rather than on tensors.
+    What both backends share: MagNet's defaults (square bilinear resize to the config size, scale to [0, 1],
+    ImageNet mean and standard deviation), the image loading of [`load_image_as_rgb`] (any PIL mode, NumPy, torch,
+    file paths), `original_sizes` in the output, channel-order output control and the post-processing.
 
-    Accepts PIL images of any mode, NumPy arrays, torch tensors and file paths, one or a list. Returns
-    `pixel_values` `(batch, 3, height, width)` and `original_sizes` `(batch, 2)` (height, width), which
+    Returns `pixel_values` `(batch, 3, height, width)` and `original_sizes` `(batch, 2)` (height, width), which
     [`~MagNetImageProcessor.post_process_referring_segmentation`] uses to bring masks back to each image.
     """
 
@@ -123,37 +107,60 @@ class MagNetImageProcessor(PilBackend):
     size = {"height": 480, "width": 480}
     do_resize = True
     do_rescale = True
+    rescale_factor = 1 / 255
     do_normalize = True
     do_convert_rgb = True
 
-    def preprocess(self, images, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
-        unknown = set(kwargs) - {"size", "image_mean", "image_std", "do_normalize", "do_resize"}
-        if unknown:
-            raise TypeError(f"MagNetImageProcessor got unexpected arguments {sorted(unknown)}.")
-        size = kwargs.get("size", self.size)
-        mean = np.asarray(kwargs.get("image_mean", self.image_mean), dtype=np.float32)
-        std = np.asarray(kwargs.get("image_std", self.image_std), dtype=np.float32)
-        height, width = _size_of(size)
+    def _validate_preprocess_kwargs(self, size=None, do_resize=None, rescale_factor=None, **kwargs):
+        super()._validate_preprocess_kwargs(size=size, do_resize=do_resize, rescale_factor=rescale_factor, **kwargs)
+        if do_resize:
+            height, width = getattr(size, "height", None), getattr(size, "width", None)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
+                raise ValueError(f"size must give a positive integer 'height' and 'width', got {size!r}.")
+        data_format = kwargs.get("data_format")
+        if data_format is not None and ChannelDimension(data_format) not in (ChannelDimension.FIRST, ChannelDimension.LAST):
+            raise ValueError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}.")
+
+    def _preprocess_image_like_inputs(self, images, *args, **kwargs) -> BatchFeature:
         if isinstance(images, (list, tuple)):
             if not images:
                 raise MagNetImageError("No images were given.")
             batch = list(images)
         else:
             batch = [images]
-        pixel_values, original_sizes = [], []
+        input_data_format = kwargs.pop("input_data_format", None)
+        do_convert_rgb = kwargs.pop("do_convert_rgb", True)
+        prepared, original_sizes = [], []
         for index, image in enumerate(batch):
-            rgb = load_image_as_rgb(image, index)
-            original_sizes.append((rgb.height, rgb.width))
-            if kwargs.get("do_resize", self.do_resize):
-                rgb = rgb.resize((width, height), resample=Image.Resampling.BILINEAR)
-            # Divide (not multiply by 1/255) to round exactly like torchvision's ToTensor in the released pipeline.
-            array = np.asarray(rgb, dtype=np.float32) / np.float32(255)
-            if kwargs.get("do_normalize", self.do_normalize):
-                array = (array - mean) / std
-            pixel_values.append(array.transpose(2, 0, 1))
-        if len({value.shape for value in pixel_values}) > 1:
+            if do_convert_rgb:
+                if input_data_format is not None and isinstance(image, (np.ndarray, torch.Tensor)):
+                    if ChannelDimension(input_data_format) == ChannelDimension.FIRST and image.ndim == 3:
+                        image = image.permute(1, 2, 0) if isinstance(image, torch.Tensor) else np.moveaxis(image, 0, -1)
+                # The released transform ran on PIL RGB images: every input goes through one first.
+                image = load_image_as_rgb(image, index)
+                array = self.process_image(image, do_convert_rgb=False, **kwargs)
+            else:
+                if isinstance(image, (str, os.PathLike)):
+                    image = _open_image(image, index)
+                array = self.process_image(image, do_convert_rgb=False, input_data_format=input_data_format, **kwargs)
+            prepared.append(array)
+            original_sizes.append(tuple(int(v) for v in array.shape[-2:]))
+        return_tensors = kwargs.get("return_tensors")
+        if return_tensors is not None and not kwargs.get("do_resize") and len(set(original_sizes)) > 1:
             raise MagNetImageError("Images of different sizes cannot be batched with do_resize=False.")
-        data = {"pixel_values": np.stack(pixel_values), "original_sizes": np.asarray(original_sizes, dtype=np.int64)}
+        outputs = self._preprocess(prepared, *args, **kwargs)
+        pixel_values = outputs["pixel_values"]
+        if kwargs.get("data_format") is not None and ChannelDimension(kwargs["data_format"]) == ChannelDimension.LAST:
+            if isinstance(pixel_values, torch.Tensor):
+                pixel_values = pixel_values.permute(0, 2, 3, 1)
+            elif isinstance(pixel_values, np.ndarray):
+                pixel_values = pixel_values.transpose(0, 2, 3, 1)
+            else:
+                pixel_values = [
+                    value.permute(1, 2, 0) if isinstance(value, torch.Tensor) else value.transpose(1, 2, 0)
+                    for value in pixel_values
+                ]
+        data = {"pixel_values": pixel_values, "original_sizes": np.asarray(original_sizes, dtype=np.int64)}
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def post_process_referring_segmentation(
@@ -200,4 +207,39 @@ class MagNetImageProcessor(PilBackend):
         return results
 
 
-__all__ = ["MagNetImageProcessor", "MagNetImageError", "load_image_as_rgb"]
+class MagNetImageProcessor(_MagNetImageProcessingMixin, TorchvisionBackend):
+    r"""
+    MagNet's image processor on the torchvision backend (transformers' default): the square resize runs with
+    torchvision's antialiased bilinear filter on uint8 tensors, in batches and on any device (`device=`).
+
+    Its pixels differ slightly from the released evaluation transform, which resized PIL images with PIL's filter:
+    use [`MagNetImageProcessorPil`] to reproduce the released numbers exactly (converted checkpoints save it, so
+    their processors load with it). On the released MagNet-B the difference is stated in the README ("Image
+    processing backends").
+    """
+
+
+class MagNetImageProcessorPil(_MagNetImageProcessingMixin, PilBackend):
+    r"""
+    MagNet's image processor on the PIL backend: resize with PIL's bilinear filter, then divide by 255 and normalise
+    in float32, which is exactly the released evaluation transform (PIL resize, `ToTensor`, `Normalize`).
+    """
+
+    def rescale(self, image: np.ndarray, scale: float, **kwargs) -> np.ndarray:
+        # Dividing by 255 (not multiplying by 1/255) rounds like torchvision's ToTensor in the released pipeline.
+        return image.astype(np.float32) / np.float32(1.0 / scale)
+
+
+def _open_image(path, index: int) -> Image.Image:
+    """A file as a PIL image in its own mode (for `do_convert_rgb=False`)."""
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except FileNotFoundError:
+        raise MagNetImageError(f"Image {index}: file {os.fspath(path)!r} does not exist.") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise MagNetImageError(f"Image {index}: {os.fspath(path)!r} is not a readable image ({error}).") from None
+
+
+__all__ = ["MagNetImageProcessor", "MagNetImageProcessorPil", "MagNetImageError", "load_image_as_rgb"]

@@ -9,6 +9,7 @@ the official numbers; see `DESIGN.md` section 2 of the project for the list.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ from timm.models.swin_transformer import (
 from torch import nn
 from transformers import BertModel, Mask2FormerConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerMaskedAttentionDecoderLayer,
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
     Mask2FormerSinePositionEmbedding,
     Mask2FormerTransformerModule,
@@ -69,6 +72,19 @@ class MagNetModelOutput(ModelOutput):
         fused_features (`tuple[torch.FloatTensor]`, *optional*):
             The four fused maps handed to the pixel decoder (strides 4, 8, 16, 32; widths C, 2C, 4C, 8C); returned
             with `output_hidden_states=True`.
+        hidden_states (`tuple[torch.FloatTensor]`, *optional*):
+            The language stream in BERT's layout, returned with `output_hidden_states=True`: the embedding output,
+            then the output of every BERT layer, `num_hidden_layers + 1` tensors of shape
+            `(batch_size, sequence_length, text_hidden_size)`. Each is the layer's own output, before the language
+            fusion that follows it at a stage end (the fused stream is what the next layer reads; after the last
+            stage it is `text_features`).
+        image_hidden_states (`tuple[torch.FloatTensor]`, *optional*):
+            The image stream, returned with `output_hidden_states=True`: the patch embedding, then every Swin
+            stage's output before its fusion, 5 tensors of shape `(batch_size, C_k, height_k, width_k)` (channels
+            first, as Swin's `reshaped_hidden_states`; strides 4, 4, 8, 16, 32).
+        attentions (`tuple[torch.FloatTensor]`, *optional*):
+            BERT's self-attention maps, one per layer, `(batch_size, num_heads, sequence_length, sequence_length)`;
+            returned with `output_attentions=True` under eager attention.
     """
 
     pred_masks: torch.FloatTensor | None = None
@@ -77,6 +93,9 @@ class MagNetModelOutput(ModelOutput):
     mask_features: torch.FloatTensor | None = None
     text_features: torch.FloatTensor | None = None
     fused_features: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -104,6 +123,17 @@ class MagNetReferringSegmentationOutput(MagNetModelOutput):
 INFERENCE_GROUP_ELEMENTS = 2**22
 
 
+def _select_layers(states: list[torch.Tensor] | None, selection) -> tuple[torch.Tensor | None, ...] | None:
+    """`output_hidden_states` as transformers reads it: `True` keeps every state, a list of indices (negative ones
+    counting from the end) keeps those and leaves `None` in the other places."""
+    if not selection:
+        return None
+    if selection is True:
+        return tuple(states)
+    kept = {index % len(states) for index in selection}
+    return tuple(state if index in kept else None for index, state in enumerate(states))
+
+
 def _inference_groups(module: nn.Module, batch: torch.Tensor, elements_per_image: int) -> list[slice]:
     """The slices of `batch` (batch first) that an inference forward of `module` runs one after the other (one slice:
     the whole batch)."""
@@ -123,7 +153,7 @@ def _inference_groups(module: nn.Module, batch: torch.Tensor, elements_per_image
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class MagNetSwinBlock(SwinTransformerBlock):
+class MagNetSwinBlock(GradientCheckpointingLayer, SwinTransformerBlock):
     """
     timm's Swin block (same modules and weight names) run the way the released MagNet ran it: the normalised map is
     zero-padded to whole windows *before* the cyclic shift, the shift mask is built on the padded grid, and a map
@@ -133,13 +163,19 @@ class MagNetSwinBlock(SwinTransformerBlock):
     Padding, shift and window partition are one row gather with an index built once per map size, and the way back is
     one more; at inference the residuals are added in place and the MLP runs a few thousand tokens at a time. The block
     then writes each large tensor once instead of through roll, pad, permute and activation copies.
+
+    A transformers `GradientCheckpointingLayer`: `gradient_checkpointing_enable()` checkpoints every block with the
+    settings it is given (`use_reentrant` included), as it does BERT's layers.
     """
 
     # Elements of the MLP's (tokens, 4 * dim) hidden activation per chunk at inference: the block's largest tensor.
     MLP_CHUNK_ELEMENTS = 2**21
 
-    def __init__(self, **kwargs):
+    def __init__(self, config: MagNetConfig | None = None, **kwargs):
         super().__init__(always_partition=True, dynamic_mask=True, **kwargs)
+        # Read at every forward: `attn_implementation="eager"` computes the window attention as explicit matrix
+        # products and softmax, anything else runs torch's scaled_dot_product_attention (same numbers up to rounding).
+        self.config = config
         self._shift_masks: dict[tuple, torch.Tensor] = {}
         self._window_indices: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
@@ -227,12 +263,18 @@ class MagNetSwinBlock(SwinTransformerBlock):
         mask = self._shift_mask(hidden_states, *self._padded_size(height, width))
         bias = self._attention_bias(mask).to(windows.dtype)
         dropout = attention.attn_drop.p if self.training else 0.0
+        eager = self._uses_eager_attention()
         # One image at a time: the shift mask varies over windows and the bias over heads, and neither broadcasts
         # over a (batch x windows) axis that is not contiguous in memory.
         attended = []
         for image in windows.unbind(0):
             query, key, value = (t.transpose(1, 2) for t in image.unbind(2))  # each (windows, heads, area, head_dim)
-            output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+            if eager:
+                weights = torch.matmul(query * head_dim**-0.5, key.transpose(-2, -1)) + bias
+                weights = F.dropout(weights.softmax(dim=-1), p=dropout, training=self.training)
+                output = torch.matmul(weights, value)
+            else:
+                output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
             attended.append(output.transpose(1, 2).reshape(num_window_tokens, channels))
         del windows, image, query, key, value
         if torch.is_grad_enabled():
@@ -244,9 +286,13 @@ class MagNetSwinBlock(SwinTransformerBlock):
         del attended
         return attention.proj_drop(attention.proj(tokens)).view(batch_size, height, width, channels)
 
+    def _uses_eager_attention(self) -> bool:
+        return getattr(self.config, "_attn_implementation", None) == "eager"
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # (batch, height, width, channels) -> same shape.
         if self.training or torch.is_grad_enabled():
+            self.attn.fused_attn = not self._uses_eager_attention()  # timm's own switch for the same choice
             return super().forward(hidden_states)
         _, height, width, channels = hidden_states.shape
         # A 120x120 map's qkv alone is 22 MB per image: see INFERENCE_GROUP_ELEMENTS.
@@ -282,6 +328,7 @@ class MagNetSwinStage(nn.Module):
         self.blocks = nn.Sequential(
             *[
                 MagNetSwinBlock(
+                    config=config,
                     dim=dim,
                     input_resolution=(resolution, resolution),
                     num_heads=config.num_heads[stage_index],
@@ -293,16 +340,12 @@ class MagNetSwinStage(nn.Module):
                 for block_index in range(config.depths[stage_index])
             ]
         )
-        self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # (batch, height, width, channels_in) -> (batch, height', width', channels)
         hidden_states = self.downsample(hidden_states)
         for block in self.blocks:
-            if self.gradient_checkpointing and self.training:
-                hidden_states = torch.utils.checkpoint.checkpoint(block, hidden_states, use_reentrant=False)
-            else:
-                hidden_states = block(hidden_states)
+            hidden_states = block(hidden_states)  # checkpointed by the block itself when enabled
         return hidden_states
 
 
@@ -340,11 +383,11 @@ class MagNetImageEncoder(nn.Module):
 class MagNetResidualGate(nn.Module):
     """`x + tanh(W2 act(W1 r)) * r`: how much of a fusion residual `r` enters a stream. Zero-initialised."""
 
-    def __init__(self, dim: int, activation: type[nn.Module]):
+    def __init__(self, dim: int, activation: type[nn.Module], dtype: torch.dtype | None = None):
         super().__init__()
-        self.in_proj = nn.Linear(dim, dim, bias=False)
+        self.in_proj = nn.Linear(dim, dim, bias=False, dtype=dtype)
         self.activation = activation()
-        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False, dtype=dtype)
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         gate = torch.tanh(self.out_proj(self.activation(self.in_proj(residual))))
@@ -492,12 +535,15 @@ class MagNetWordPixelAttention(nn.Module):
     def __init__(self, text_dim: int, visual_dim: int, dropout: float = 0.0, released_masking: bool = True):
         super().__init__()
         self.released_masking = released_masking
-        self.visual_projection = nn.Linear(text_dim, text_dim)
-        self.query_projection = nn.Linear(text_dim, text_dim)
-        self.key_projection = nn.Linear(visual_dim, text_dim)
-        self.value_projection = nn.Linear(visual_dim, text_dim)
-        self.output_projection = nn.Linear(text_dim, text_dim)
-        self.fusion_projection = nn.Linear(text_dim, text_dim)
+        # Created in fp32 whatever the default dtype (`_from_config(config, dtype=torch.bfloat16)`): see the class
+        # docstring; `_keep_in_fp32_modules_strict` keeps it there when loading.
+        fp32 = torch.float32
+        self.visual_projection = nn.Linear(text_dim, text_dim, dtype=fp32)
+        self.query_projection = nn.Linear(text_dim, text_dim, dtype=fp32)
+        self.key_projection = nn.Linear(visual_dim, text_dim, dtype=fp32)
+        self.value_projection = nn.Linear(visual_dim, text_dim, dtype=fp32)
+        self.output_projection = nn.Linear(text_dim, text_dim, dtype=fp32)
+        self.fusion_projection = nn.Linear(text_dim, text_dim, dtype=fp32)
         self.dropout = nn.Dropout(dropout)
         self.scale = text_dim**-0.5
 
@@ -538,7 +584,7 @@ class MagNetLanguageFusion(nn.Module):
     def __init__(self, text_dim: int, visual_dim: int, dropout: float, released_masking: bool):
         super().__init__()
         self.word_pixel_attention = MagNetWordPixelAttention(text_dim, visual_dim, dropout, released_masking)
-        self.gate = MagNetResidualGate(text_dim, nn.ReLU)
+        self.gate = MagNetResidualGate(text_dim, nn.ReLU, dtype=torch.float32)
 
     def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         weights_dtype = self.gate.in_proj.weight.dtype
@@ -688,6 +734,9 @@ class MagNetPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
+    # BERT runs either; Swin's window attention follows the choice too (MagNetSwinBlock). The deformable pixel
+    # decoder and Mask2Former's decoder have a single implementation.
+    _supports_sdpa = True
     _no_split_modules = ["MagNetSwinBlock", "BertLayer", "MagNetPixelDecoderLayer"]
     # Loading with `dtype=torch.bfloat16` (or float16) keeps the language fusion in fp32: its released masking scales
     # queries by -1e4, and the products overflow half precision.
@@ -742,6 +791,27 @@ class MagNetPreTrainedModel(PreTrainedModel):
         if isinstance(module, MagNetSwinBlock):
             module._shift_masks.clear()
 
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
+        """As in transformers: Swin blocks, BERT layers and the masked-attention decoder layers are checkpointed
+        with the settings given, except that the decoder layers always use non-reentrant checkpointing. Mask2Former's
+        decoder hands them the per-level position embeddings (which need gradients) inside a list, which reentrant
+        checkpointing cannot track: the backward would run through those embeddings twice and fail."""
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        for module in self.modules():
+            if isinstance(module, Mask2FormerMaskedAttentionDecoderLayer):
+                module._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+
+    def _wants_attentions(self, output_attentions: bool | None) -> bool:
+        """`output_attentions` returns BERT's self-attention maps, which exist only with eager attention (as in
+        BERT itself); asking for them otherwise is an error rather than a silently missing field."""
+        wanted = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        if wanted and self.config.text_config._attn_implementation != "eager":
+            raise ValueError(
+                "output_attentions=True returns BERT's attention maps, which only eager attention computes: load or "
+                "build the model with attn_implementation='eager'."
+            )
+        return wanted
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As in transformers; with Hub remote code, the saved `auto_map` names both model classes, so the folder
         loads with `AutoModel` (the network) and `AutoModelForImageSegmentation` (with training losses) alike."""
@@ -785,6 +855,7 @@ class MagNetModel(MagNetPreTrainedModel):
             in_features=config.decoder_hidden_size, config=self._mask2former_config(config)
         )
         self.class_predictor = nn.Linear(config.decoder_hidden_size, 2)
+        self._attention_hooks: list = []
         self.post_init()
 
     @staticmethod
@@ -827,6 +898,13 @@ class MagNetModel(MagNetPreTrainedModel):
         if min(pixel_values.shape[-2:]) < minimum:
             raise ValueError(f"Images must be at least {minimum}x{minimum} pixels, got {tuple(pixel_values.shape[-2:])}.")
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """BERT's word embeddings (`resize_token_embeddings` resizes them)."""
+        return self.text_encoder.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_encoder.embeddings.word_embeddings = value
+
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -835,6 +913,7 @@ class MagNetModel(MagNetPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_text_features: bool = False,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> MagNetModelOutput | tuple:
         r"""
@@ -847,9 +926,13 @@ class MagNetModel(MagNetPreTrainedModel):
             attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 1 on real tokens, 0 on padding. Defaults to all ones.
             output_hidden_states (`bool`, *optional*):
-                Also return `fused_features` and `text_features`.
+                Also return `hidden_states` (language stream), `image_hidden_states` (image stream),
+                `fused_features` and `text_features`; see [`MagNetModelOutput`].
             output_text_features (`bool`, *optional*, defaults to `False`):
                 Run the last language fusion and return `text_features` (training losses need it).
+            output_attentions (`bool`, *optional*):
+                Also return `attentions`, BERT's self-attention maps (needs `attn_implementation="eager"`, as in BERT;
+                otherwise a `ValueError`). Swin, fusion and decoder attentions are not returned.
 
         Returns: [`MagNetModelOutput`], or a tuple of its non-`None` fields when `return_dict=False`.
         """
@@ -857,6 +940,7 @@ class MagNetModel(MagNetPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_attentions = self._wants_attentions(output_attentions)
         self._check_inputs(pixel_values, input_ids, attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -867,6 +951,16 @@ class MagNetModel(MagNetPreTrainedModel):
             config=self.text_encoder.config, inputs_embeds=words, attention_mask=attention_mask
         )
         visual = self.image_encoder.patch_embed(pixel_values)  # (batch, H/4, W/4, C)
+        text_hidden_states = [words] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for hook in self._attention_hooks:  # left over by a forward that raised
+            hook.remove()
+        if output_attentions:  # BERT's layers are run one by one here, so their attention maps are caught on the way
+            self._attention_hooks = [
+                layer.attention.self.register_forward_hook(lambda _, __, out: attentions.append(out[1]))
+                for layer in self.text_encoder.encoder.layer
+            ]
+        image_hidden_states = [visual.permute(0, 3, 1, 2)] if output_hidden_states else None
 
         fused_features = []
         layer_start = 0
@@ -875,6 +969,10 @@ class MagNetModel(MagNetPreTrainedModel):
             visual = self.image_encoder.layers[stage](visual)
             for layer in self.text_encoder.encoder.layer[layer_start:layer_end]:
                 words = layer(words, attention_mask=text_attention_mask)
+                if output_hidden_states:
+                    text_hidden_states.append(words)
+            if output_hidden_states:
+                image_hidden_states.append(visual.permute(0, 3, 1, 2))
             layer_start = layer_end
             # Both sides read each other's pre-fusion outputs.
             gated_visual, fused = self.image_fusions[stage](visual, words, attention_mask)
@@ -885,6 +983,10 @@ class MagNetModel(MagNetPreTrainedModel):
                 words = self.language_fusions[stage](words, pixels, attention_mask)
             if not is_last:
                 visual = gated_visual
+
+        for hook in self._attention_hooks:
+            hook.remove()
+        self._attention_hooks = []
 
         mask_features, mask_predictions, query_states = self._decode(fused_features)
         class_predictions = [self.class_predictor(hidden) for hidden in query_states]
@@ -899,6 +1001,9 @@ class MagNetModel(MagNetPreTrainedModel):
             mask_features=mask_features,
             text_features=words if want_text else None,
             fused_features=tuple(fused_features) if output_hidden_states else None,
+            hidden_states=_select_layers(text_hidden_states, output_hidden_states),
+            image_hidden_states=tuple(image_hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -1143,6 +1248,28 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         self.mask_grounding = MagNetMaskGroundingHead(config) if config.use_mask_grounding else None
         self.post_init()
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """As in transformers (BERT's word embeddings, `config.text_config.vocab_size`), and the Mask Grounding head's
+        vocabulary with them: its scores are tied to the word embeddings, and its per-token bias is resized here (new
+        tokens start at 0). A head that exposes its vocabulary layer through `get_output_embeddings` is resized by
+        transformers itself, and this step then finds nothing left to do."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self._resize_mask_grounding_vocabulary(embeddings.num_embeddings)
+        return embeddings
+
+    def _resize_mask_grounding_vocabulary(self, vocab_size: int) -> None:
+        predictor = getattr(self.mask_grounding, "token_predictor", None)
+        bias = getattr(predictor, "bias", None)
+        if not isinstance(bias, nn.Parameter) or bias.dim() != 1 or bias.shape[0] == vocab_size:
+            return
+        resized = bias.new_zeros(vocab_size)
+        kept = min(vocab_size, bias.shape[0])
+        with torch.no_grad():
+            resized[:kept] = bias[:kept]
+        predictor.bias = nn.Parameter(resized, requires_grad=bias.requires_grad)
+
     def _check_training_inputs(
         self,
         input_ids: torch.Tensor,
@@ -1178,12 +1305,13 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         mlm_labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> MagNetReferringSegmentationOutput | tuple:
         r"""
         Args:
-            pixel_values, input_ids, attention_mask, output_hidden_states: as in [`MagNetModel.forward`]. The
-                segmentation forward always reads the unmasked `input_ids`.
+            pixel_values, input_ids, attention_mask, output_hidden_states, output_attentions: as in
+                [`MagNetModel.forward`]. The segmentation forward always reads the unmasked `input_ids`.
             labels (`torch.FloatTensor` of shape `(batch_size, height, width)`, *optional*):
                 0/1 ground-truth masks at any resolution; they are compared with the mask logits at stride 4. They
                 switch the losses on: segmentation, plus the alignment loss with `config.use_alignment_loss`.
@@ -1202,6 +1330,7 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        self._wants_attentions(output_attentions)
         self._check_training_inputs(input_ids, labels, masked_input_ids, mlm_labels)
         run_grounding = self.mask_grounding is not None and masked_input_ids is not None
         run_alignment = self.config.use_alignment_loss and labels is not None
@@ -1211,6 +1340,7 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
             attention_mask,
             output_hidden_states=output_hidden_states or run_grounding,  # Mask Grounding reads the last fused map
             output_text_features=run_alignment,
+            output_attentions=output_attentions,
             return_dict=True,
         )
         loss = loss_dict = None
@@ -1233,7 +1363,8 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
                 loss_dict["loss_pixel_pixel"] = pixel_pixel.detach()
         fields = dict(outputs)
         if not output_hidden_states:
-            fields.pop("fused_features", None)
+            for name in ("fused_features", "hidden_states", "image_hidden_states"):
+                fields.pop(name, None)
         output = MagNetReferringSegmentationOutput(loss=loss, loss_dict=loss_dict, **fields)
         return output if return_dict else output.to_tuple()
 
@@ -1273,7 +1404,12 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         the mean of the fused language features over the real tokens ([CLS] and [SEP] included): the network has no
         trained pooler, and the mean is what the fusion modules themselves see of every word.
         """
-        from .losses_magnet import alignment_targets, pixel_pixel_alignment_loss, pixel_text_alignment_loss
+        from .losses_magnet import (
+            alignment_targets,
+            evaluation_generator,
+            pixel_pixel_alignment_loss,
+            pixel_text_alignment_loss,
+        )
 
         word_weights = attention_mask.to(outputs.text_features.dtype)[..., None]  # (batch, words, 1)
         sentence = (outputs.text_features * word_weights).sum(1) / word_weights.sum(1).clamp(min=1.0)
@@ -1284,7 +1420,13 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
             mask_features, text_embeddings, targets, self.config.pixel_text_temperature
         )
         pixel_pixel = pixel_pixel_alignment_loss(
-            mask_features, targets, self.config.pixel_pixel_temperature, self.config.alignment_max_pixels
+            mask_features,
+            targets,
+            self.config.pixel_pixel_temperature,
+            self.config.alignment_max_pixels,
+            # Training samples from the global stream (which checkpoints restore); evaluation always draws the same
+            # pixels, so an eval-mode loss is a function of the inputs alone.
+            generator=None if self.training else evaluation_generator(mask_features.device),
         )
         return pixel_text, pixel_pixel
 
