@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers.testing_utils import CaptureLogger
 
 from magnet_hf import MagNetConfig, MagNetForReferringSegmentation, MagNetModel
 
@@ -61,7 +62,7 @@ def test_hidden_states_follow_the_documented_contract(tiny_model):
 
 
 @pytest.mark.parametrize("model_class", [MagNetModel, MagNetForReferringSegmentation])
-def test_attentions_are_bert_attention_maps_under_eager_and_refused_otherwise(model_class):
+def test_attentions_are_bert_attention_maps_under_eager_and_explained_otherwise(model_class):
     config = MagNetConfig.from_preset("magnet-tiny")
     inputs, _ = tiny_batch(batch=2)
     torch.manual_seed(0)
@@ -78,8 +79,14 @@ def test_attentions_are_bert_attention_maps_under_eager_and_refused_otherwise(mo
         assert model(**inputs).attentions is None
     torch.manual_seed(0)
     sdpa_model = model_class._from_config(config, attn_implementation="sdpa").eval()
-    with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        sdpa_model(**inputs, output_attentions=True)
+    from transformers.utils import logging as transformers_logging
+
+    from magnet_hf import modeling_magnet
+
+    transformers_logging.get_logger(modeling_magnet.__name__).warning_once.cache_clear()
+    with CaptureLogger(transformers_logging.get_logger(modeling_magnet.__name__)) as captured, torch.no_grad():
+        assert sdpa_model(**inputs, output_attentions=True).attentions is None
+    assert "attn_implementation='eager'" in captured.out
 
 
 def test_resize_token_embeddings_resizes_bert_and_the_mask_grounding_vocabulary():

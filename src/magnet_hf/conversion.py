@@ -390,14 +390,15 @@ def convert_official_checkpoint(
 def _build_processor(tokenizer: str | Path, config: MagNetConfig):
     from transformers import BertTokenizer
 
-    from .image_processing_magnet import MagNetImageProcessor
+    from .image_processing_magnet import MagNetImageProcessorPil
     from .processing_magnet import MagNetProcessor
 
     try:
         loaded = BertTokenizer.from_pretrained(str(tokenizer))  # MagNet's language stream is always BERT
     except Exception as error:
         raise ConversionError(f"Could not load the tokenizer {tokenizer!r}: {error}") from error
-    image_processor = MagNetImageProcessor(size={"height": config.image_size, "width": config.image_size})
+    # The PIL backend is the released evaluation transform, bit for bit; the processor saves it as its backend.
+    image_processor = MagNetImageProcessorPil(size={"height": config.image_size, "width": config.image_size})
     return MagNetProcessor(image_processor=image_processor, tokenizer=loaded)
 
 

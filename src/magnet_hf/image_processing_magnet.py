@@ -110,6 +110,7 @@ class _MagNetImageProcessingMixin:
     rescale_factor = 1 / 255
     do_normalize = True
     do_convert_rgb = True
+    return_tensors = "pt"  # MagNet's processors have always returned a batch tensor by default
 
     def _validate_preprocess_kwargs(self, size=None, do_resize=None, rescale_factor=None, **kwargs):
         super()._validate_preprocess_kwargs(size=size, do_resize=do_resize, rescale_factor=rescale_factor, **kwargs)

@@ -737,7 +737,15 @@ class MagNetPreTrainedModel(PreTrainedModel):
     # BERT runs either; Swin's window attention follows the choice too (MagNetSwinBlock). The deformable pixel
     # decoder and Mask2Former's decoder have a single implementation.
     _supports_sdpa = True
-    _no_split_modules = ["MagNetSwinBlock", "BertLayer", "MagNetPixelDecoderLayer"]
+    # Units that hold a residual inside (so must stay on one device) and that FSDP wraps one by one.
+    _no_split_modules = [
+        "MagNetSwinBlock",
+        "BertLayer",
+        "MagNetImageFusion",
+        "MagNetLanguageFusion",
+        "MagNetPixelDecoderLayer",
+        "Mask2FormerMaskedAttentionDecoderLayer",
+    ]
     # Loading with `dtype=torch.bfloat16` (or float16) keeps the language fusion in fp32: its released masking scales
     # queries by -1e4, and the products overflow half precision.
     _keep_in_fp32_modules_strict = ["language_fusions"]
@@ -802,14 +810,15 @@ class MagNetPreTrainedModel(PreTrainedModel):
                 module._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
 
     def _wants_attentions(self, output_attentions: bool | None) -> bool:
-        """`output_attentions` returns BERT's self-attention maps, which exist only with eager attention (as in
-        BERT itself); asking for them otherwise is an error rather than a silently missing field."""
+        """`output_attentions` returns BERT's self-attention maps, which only eager attention computes (as in BERT
+        itself); under another implementation none are returned and a warning says why."""
         wanted = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         if wanted and self.config.text_config._attn_implementation != "eager":
-            raise ValueError(
-                "output_attentions=True returns BERT's attention maps, which only eager attention computes: load or "
-                "build the model with attn_implementation='eager'."
+            logger.warning_once(
+                "output_attentions=True returns BERT's attention maps, which only eager attention computes: none are "
+                "returned. Load or build the model with attn_implementation='eager' to get them."
             )
+            return False
         return wanted
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -932,7 +941,7 @@ class MagNetModel(MagNetPreTrainedModel):
                 Run the last language fusion and return `text_features` (training losses need it).
             output_attentions (`bool`, *optional*):
                 Also return `attentions`, BERT's self-attention maps (needs `attn_implementation="eager"`, as in BERT;
-                otherwise a `ValueError`). Swin, fusion and decoder attentions are not returned.
+                otherwise a warning and no maps). Swin, fusion and decoder attentions are not returned.
 
         Returns: [`MagNetModelOutput`], or a tuple of its non-`None` fields when `return_dict=False`.
         """

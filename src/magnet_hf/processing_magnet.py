@@ -1,5 +1,5 @@
 # Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
-"""Processor for MagNet: a BERT tokenizer and [`MagNetImageProcessor`] in one object."""
+"""Processor for MagNet: a BERT tokenizer and a MagNet image processor in one object."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import torch
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import BatchEncoding
 from transformers.utils import logging
+
+from .image_processing_magnet import MagNetImageProcessor, MagNetImageProcessorPil
 
 logger = logging.get_logger(__name__)
 
@@ -20,17 +22,47 @@ class MagNetProcessor(ProcessorMixin):
     released weights were trained at `max_length=20` and their language fusion normalises over padding, so the
     padded length matters.
 
+    The image processor's backend is saved with the processor (`image_processor_backend` in
+    `processor_config.json`) and `from_pretrained` loads the same one unless `backend=` says otherwise: a converted
+    released checkpoint, saved with [`MagNetImageProcessorPil`], reproduces the released transform exactly.
+
     Args:
-        image_processor ([`MagNetImageProcessor`]): resizes and normalises images.
+        image_processor ([`MagNetImageProcessor`] or [`MagNetImageProcessorPil`]): resizes and normalises images.
         tokenizer (a BERT tokenizer): `bert-base-uncased` for the released weights.
         max_length (`int`, *optional*, defaults to 20): the padded token length.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, max_length: int = 20, **kwargs):
+        kwargs.pop("image_processor_backend", None)  # read by from_pretrained; recorded from the image processor
         if not isinstance(max_length, int) or max_length < 3:
             raise ValueError(f"max_length must be an integer of at least 3 ([CLS], a word, [SEP]), got {max_length!r}.")
         self.max_length = max_length
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        backend = getattr(self.image_processor, "backend", None)
+        if backend in IMAGE_PROCESSOR_BACKENDS:
+            output["image_processor_backend"] = backend
+        return output
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, backend: str | None = None, **kwargs):
+        """As in transformers; the image processor gets `backend` ("torchvision" or "pil") if given, else the one it
+        was saved with (torchvision, transformers' default, for folders that do not say)."""
+        if backend is not None and backend not in IMAGE_PROCESSOR_BACKENDS:
+            raise ValueError(f"backend must be one of {sorted(IMAGE_PROCESSOR_BACKENDS)}, got {backend!r}.")
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if backend is None:
+            processor_dict, _ = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+            backend = processor_dict.get("image_processor_backend")
+        wanted = IMAGE_PROCESSOR_BACKENDS.get(backend)
+        current = processor.image_processor
+        if wanted is not None and getattr(current, "backend", None) != backend:
+            # Same settings, other backend: the saved settings are the image processor's own dict.
+            settings = {k: v for k, v in current.to_dict().items() if k not in ("image_processor_type", "auto_map")}
+            processor.image_processor = wanted(**settings)
+        return processor
 
     def encode_text(self, text: str | list[str]) -> dict[str, torch.Tensor]:
         """Token ids and attention mask `(batch, max_length)` with the released cut-and-pad rule."""
@@ -100,5 +132,7 @@ class MagNetProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["pixel_values", "input_ids", "attention_mask"]
 
+
+IMAGE_PROCESSOR_BACKENDS = {"torchvision": MagNetImageProcessor, "pil": MagNetImageProcessorPil}
 
 __all__ = ["MagNetProcessor"]
