@@ -247,8 +247,14 @@ class _Run:
         if args.activation_checkpointing:
             model.activation_checkpointing_enable()
         self.processor, self.config = processor, model.config
+        config = model.config
         self.collator = DataCollatorForReferringSegmentation(
-            processor, train=True, mask_grounding=bool(getattr(model.config, "use_mask_grounding", True)), seed=args.seed
+            processor,
+            train=True,
+            mask_grounding=bool(config.use_mask_grounding),
+            mask_ratio=config.mask_grounding_mask_probability,
+            mask_replace_prob=config.mask_grounding_replace_probability,
+            seed=args.seed,
         )
         world = accelerator.num_processes
         self.global_batch = args.batch_size * world * args.gradient_accumulation_steps
