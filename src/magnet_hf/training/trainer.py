@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -421,7 +422,9 @@ class _Run:
         interrupted = False
         saved_at = state["global_step"] if self.checkpoint is not None else None
         while state["global_step"] < self.total_steps and not self.stop.requested:
+            started = time.perf_counter()
             result = self._train_step(batches)
+            result["seconds_per_step"] = time.perf_counter() - started  # data, forward, backward and update
             state["global_step"] += 1
             step = state["global_step"]
             progress.update(1)
