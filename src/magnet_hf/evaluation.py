@@ -131,6 +131,7 @@ def evaluate_referring_segmentation(
     progress: bool = True,
     threshold: float = 0.5,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    metric: ReferringSegmentationMetric | None = None,
 ) -> dict[str, float | int]:
     """Scores a MagNet model on one referring segmentation split.
 
@@ -157,6 +158,9 @@ def evaluate_referring_segmentation(
             Probability above which a pixel is predicted foreground (the released value).
         thresholds (`Sequence[float]`, *optional*, defaults to `(0.5, 0.6, 0.7, 0.8, 0.9)`):
             IoU thresholds of the `precision@t` entries.
+        metric (`ReferringSegmentationMetric`, *optional*):
+            Accumulate into this metric instead of a new one, e.g. to read the per-sample `intersections` and
+            `unions` afterwards (in the split's exploded row order); its thresholds are used.
 
     Returns:
         `dict`: `overall_iou`, `mean_iou`, `precision@t` (fractions in [0, 1]) and `num_samples`.
@@ -185,7 +189,7 @@ def evaluate_referring_segmentation(
     else:
         device, is_main = next(model.parameters()).device, True
 
-    metric = ReferringSegmentationMetric(thresholds)
+    metric = ReferringSegmentationMetric(thresholds) if metric is None else metric
     for batch in tqdm(loader, desc=f"evaluate ({resolution})", disable=not (progress and is_main)):
         outputs = model(
             pixel_values=batch["pixel_values"].to(device),

@@ -26,7 +26,7 @@ from .masks import decode_segmentation
 from .refer import build_refer_dataset, prepare_refer_dataset
 from .safe_pickle import RestrictedUnpickler, safe_load_pickle
 from .schema import PARTITIONS, REFER_FEATURES, partition_splits
-from .synthetic import Scene, SceneObject, build_synthetic_dataset, describe_objects, generate_scene
+from .synthetic import Scene, SceneObject, build_synthetic_dataset, describe_objects, expression_kind, generate_scene
 
 __all__ = [
     "DataCollatorForReferringSegmentation",
@@ -46,6 +46,7 @@ __all__ = [
     "mask_tokens",
     "refer_partition_index",
     "build_synthetic_dataset",
+    "expression_kind",
     "describe_objects",
     "generate_scene",
     "decode_segmentation",

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,8 +248,14 @@ class _Run:
         if args.activation_checkpointing:
             model.activation_checkpointing_enable()
         self.processor, self.config = processor, model.config
+        config = model.config
         self.collator = DataCollatorForReferringSegmentation(
-            processor, train=True, mask_grounding=bool(getattr(model.config, "use_mask_grounding", True)), seed=args.seed
+            processor,
+            train=True,
+            mask_grounding=bool(config.use_mask_grounding),
+            mask_ratio=config.mask_grounding_mask_probability,
+            mask_replace_prob=config.mask_grounding_replace_probability,
+            seed=args.seed,
         )
         world = accelerator.num_processes
         self.global_batch = args.batch_size * world * args.gradient_accumulation_steps
@@ -415,7 +422,9 @@ class _Run:
         interrupted = False
         saved_at = state["global_step"] if self.checkpoint is not None else None
         while state["global_step"] < self.total_steps and not self.stop.requested:
+            started = time.perf_counter()
             result = self._train_step(batches)
+            result["seconds_per_step"] = time.perf_counter() - started  # data, forward, backward and update
             state["global_step"] += 1
             step = state["global_step"]
             progress.update(1)
