@@ -86,6 +86,11 @@ def build_config(args: TrainingArguments, processor: Any) -> Any:
     from ..configuration_magnet import MagNetConfig, PRESETS
 
     overrides = dict(args.config_overrides)
+    known, known_text = set(MagNetConfig().to_dict()), set(MagNetConfig().text_config.to_dict())
+    unknown = [key for key in overrides if key not in known and not (key.startswith("text_config.") and key[12:] in known_text)]
+    if unknown:
+        # PretrainedConfig keeps unknown keyword arguments as attributes, so a typo would be saved and ignored.
+        raise TrainingError(f"--config-override: unknown MagNetConfig field(s) {unknown}.")
     text_overrides = {key[len("text_config."):]: overrides.pop(key) for key in list(overrides) if key.startswith("text_config.")}
     text_config = {**PRESETS[args.preset].get("text_config", {}), **text_overrides}
     if args.text_encoder is None:
