@@ -78,7 +78,6 @@ def load_segmenter(model: str | os.PathLike | None = None, device: str | None = 
 
     from .modeling_magnet import MagNetModel
     from .pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
-    from .processing_magnet import MagNetProcessor
 
     source = str(demo_model_path() if model is None else model)
     path = Path(source).expanduser()
@@ -95,11 +94,14 @@ def load_segmenter(model: str | os.PathLike | None = None, device: str | None = 
     verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()  # training-only heads of full checkpoints are expected to go unused
     transformers_logging.disable_progress_bar()
+    from .model_folder import ModelFolderError, check_loading_info, load_pretrained, load_processor
+
     try:
-        network, info = MagNetModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
-        processor = MagNetProcessor.from_pretrained(source)
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise SegmentationCommandError(f"Could not load a MagNet model and processor from {source!r}: {error}") from None
+        network, info = load_pretrained(MagNetModel, source, dtype=torch.float32)
+        check_loading_info(source, {"mismatched_keys": info.get("mismatched_keys")})
+        processor = load_processor(source)
+    except ModelFolderError as error:
+        raise SegmentationCommandError(str(error)) from None
     finally:
         transformers_logging.set_verbosity(verbosity)
         if progress_bars:

@@ -255,7 +255,6 @@ def load_evaluation_split(
 
 def _load_model_and_processor(model_path: str) -> tuple[Any, Any]:
     from .modeling_magnet import MagNetForReferringSegmentation
-    from .processing_magnet import MagNetProcessor
 
     path = Path(model_path).expanduser()
     if path.exists():
@@ -264,11 +263,14 @@ def _load_model_and_processor(model_path: str) -> tuple[Any, Any]:
     elif model_path.startswith((".", "/", "~")) or model_path.count("/") > 1:
         # Not a Hub id either, so asking the Hub would only hide the real problem behind a network error.
         raise EvaluationError(f"Model folder {model_path!r} does not exist.")
+    from .model_folder import ModelFolderError, check_loading_info, load_pretrained, load_processor
+
     try:
-        model = MagNetForReferringSegmentation.from_pretrained(model_path)
-        processor = MagNetProcessor.from_pretrained(model_path)
-    except (OSError, ValueError) as error:
-        raise EvaluationError(f"Could not load model and processor from {model_path!r}: {error}") from error
+        model, info = load_pretrained(MagNetForReferringSegmentation, model_path)
+        check_loading_info(model_path, {"mismatched_keys": info.get("mismatched_keys")})
+        processor = load_processor(model_path)
+    except ModelFolderError as error:
+        raise EvaluationError(str(error)) from None
     return model, processor
 
 

@@ -16,6 +16,9 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 # Above this many pixels PIL suspects a decompression bomb; MagNet never needs more, so refuse clearly instead.
 MAX_IMAGE_PIXELS = 20_000 * 20_000
+# The largest model input side accepted from a processor config (the released model runs at 480): memory grows with
+# the square of it, and a crafted `size` of 60,000 would ask for tens of GB.
+MAX_MODEL_INPUT_SIZE = 4096
 
 
 class MagNetImageError(ValueError):
@@ -102,7 +105,19 @@ def _size_of(size) -> tuple[int, int]:
     width = size.get("width") if isinstance(size, dict) else getattr(size, "width", None)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
         raise ValueError(f"size must give a positive integer 'height' and 'width', got {size!r}.")
+    if max(height, width) > MAX_MODEL_INPUT_SIZE:
+        raise ValueError(f"size {height}x{width} is larger than the {MAX_MODEL_INPUT_SIZE} pixels a MagNet input may have.")
     return height, width
+
+
+def _normalisation(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    if mean.shape != (3,) or std.shape != (3,):
+        raise ValueError(f"image_mean and image_std need three values (RGB), got {mean.tolist()} and {std.tolist()}.")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        shown = [[float(f"{value:.6g}") for value in values] for values in (mean, std)]
+        raise ValueError(f"image_mean must be finite and image_std finite and positive, got {shown[0]} and {shown[1]}.")
+    return mean, std
 
 
 class MagNetImageProcessor(PilBackend):
@@ -126,13 +141,22 @@ class MagNetImageProcessor(PilBackend):
     do_normalize = True
     do_convert_rgb = True
 
+    def check_settings(self) -> None:
+        """Refuses settings (from a model folder's config) that cannot give sane pixels: a size above
+        `MAX_MODEL_INPUT_SIZE`, a zero, negative or non-finite `image_std`, a non-finite `image_mean`.
+
+        Raises:
+            ValueError: naming the setting.
+        """
+        _size_of(self.size)
+        _normalisation(self.image_mean, self.image_std)
+
     def preprocess(self, images, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
         unknown = set(kwargs) - {"size", "image_mean", "image_std", "do_normalize", "do_resize"}
         if unknown:
             raise TypeError(f"MagNetImageProcessor got unexpected arguments {sorted(unknown)}.")
         size = kwargs.get("size", self.size)
-        mean = np.asarray(kwargs.get("image_mean", self.image_mean), dtype=np.float32)
-        std = np.asarray(kwargs.get("image_std", self.image_std), dtype=np.float32)
+        mean, std = _normalisation(kwargs.get("image_mean", self.image_mean), kwargs.get("image_std", self.image_std))
         height, width = _size_of(size)
         if isinstance(images, (list, tuple)):
             if not images:
@@ -146,6 +170,11 @@ class MagNetImageProcessor(PilBackend):
             original_sizes.append((rgb.height, rgb.width))
             if kwargs.get("do_resize", self.do_resize):
                 rgb = rgb.resize((width, height), resample=Image.Resampling.BILINEAR)
+            elif max(rgb.size) > MAX_MODEL_INPUT_SIZE:
+                raise MagNetImageError(
+                    f"Image {index} is {rgb.width}x{rgb.height}; with do_resize=False the model would run at that size "
+                    f"(at most {MAX_MODEL_INPUT_SIZE} accepted)."
+                )
             # Divide (not multiply by 1/255) to round exactly like torchvision's ToTensor in the released pipeline.
             array = np.asarray(rgb, dtype=np.float32) / np.float32(255)
             if kwargs.get("do_normalize", self.do_normalize):

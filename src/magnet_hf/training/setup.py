@@ -117,17 +117,19 @@ def apply_loss_switches(config: Any, args: TrainingArguments) -> None:
 def build_model_and_processor(args: TrainingArguments, train_split: Any) -> tuple[Any, Any]:
     """A fresh run's model and processor: a preset (optionally with pretrained Swin and BERT) or `--model`."""
     from ..modeling_magnet import MagNetForReferringSegmentation
-    from ..processing_magnet import MagNetProcessor
 
     if args.model is not None:
         path = Path(args.model).expanduser()
         if path.exists() and not (path / "config.json").is_file():
             raise TrainingError(f"--model {args.model!r} is not a saved model folder (no config.json).")
+        from ..model_folder import ModelFolderError, check_loading_info, load_pretrained, load_processor
+
         try:
-            model = MagNetForReferringSegmentation.from_pretrained(args.model)
-            processor = MagNetProcessor.from_pretrained(args.model)
-        except (OSError, ValueError) as error:
-            raise TrainingError(f"could not load --model {args.model!r}: {error}") from error
+            model, info = load_pretrained(MagNetForReferringSegmentation, args.model)
+            check_loading_info(args.model, {"mismatched_keys": info.get("mismatched_keys")})
+            processor = load_processor(args.model)
+        except ModelFolderError as error:
+            raise TrainingError(f"--model: {error}") from None
         apply_loss_switches(model.config, args)
         return model, processor
 

@@ -51,6 +51,10 @@ class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the run stopped without saving anything from that step."""
 
 
+class PushFailedError(TrainingError):
+    """The run finished and is saved, but `--push-to-hub` failed."""
+
+
 @dataclass
 class TrainingResult:
     """What a run did: steps, metrics per evaluation, logged losses and whether SIGTERM cut it short."""
@@ -250,7 +254,6 @@ class _Run:
     def _build(self, set_seed) -> None:
         from ..data import DataCollatorForReferringSegmentation
         from ..modeling_magnet import MagNetForReferringSegmentation
-        from ..processing_magnet import MagNetProcessor
         from .setup import build_model_and_processor, load_training_splits
 
         args, accelerator = self.args, self.accelerator
@@ -260,8 +263,16 @@ class _Run:
 
             # The checkpoint holds the processor and config the run started with: no pretrained downloads and no
             # re-trained tokenizer are needed, and the weights come from the saved state below.
-            processor = MagNetProcessor.from_pretrained(str(self.checkpoint))
-            model = MagNetForReferringSegmentation(MagNetConfig.from_pretrained(str(self.checkpoint)))
+            from ..model_folder import ModelFolderError, load_processor
+
+            try:
+                processor = load_processor(self.checkpoint)
+                config = MagNetConfig.from_pretrained(str(self.checkpoint))
+                model = MagNetForReferringSegmentation(config)
+            except ModelFolderError as error:
+                raise TrainingError(f"--resume: {error}") from None
+            except Exception as error:  # a config that does not build a model is bad input, whatever raised
+                raise TrainingError(f"--resume: {self.checkpoint}/config.json does not describe a MagNet model ({error}).") from None
             image_size = int(model.config.image_size)
             self.train_split, self.eval_split = load_training_splits(args, image_size)
         else:
@@ -579,4 +590,4 @@ class _Run:
                 unwrapped.push_to_hub(self.args.push_to_hub)
                 self.processor.push_to_hub(self.args.push_to_hub)
             except Exception as error:  # the Hub client raises many types; the saved folder is intact either way
-                raise TrainingError(f"training finished and {self.output} is saved, but --push-to-hub failed: {error}") from error
+                raise PushFailedError(f"training finished and {self.output} is saved, but --push-to-hub failed: {error}") from error
