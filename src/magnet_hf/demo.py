@@ -210,8 +210,8 @@ def segment_to_files(
     results = segmenter(rgb, text=expressions, batch_size=batch_size)
     saved = []
     for (mask_name, overlay_name), result in zip(names, results):
-        mask = np.asarray(result["mask"]) > 127
         mask_file = save_png_atomically(result["mask"], folder / mask_name)
+        mask = np.asarray(result.pop("mask")) > 127  # the PIL copy goes: masks of a big image are 100 MB each
         overlay_file = save_png_atomically(
             overlay_mask(rgb, mask, f"{result['label']} ({result['score']:.2f})", scale=overlay_scale),
             folder / overlay_name,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,9 +34,13 @@ def load_image_as_rgb(image, index: int = 0) -> Image.Image:
     """
     if isinstance(image, (str, os.PathLike)):
         try:
-            with Image.open(image) as opened:
-                opened.load()
-                image = opened.copy()
+            with warnings.catch_warnings():
+                # MAX_IMAGE_PIXELS below is the bound; PIL's own warning at 89 M pixels would only be noise.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(image)
+            with opened:
+                opened.load()  # the pixels are in memory from here on; leaving the block closes only the file
+                image = opened
         except FileNotFoundError:
             raise MagNetImageError(f"Image {index}: file {os.fspath(image)!r} does not exist.") from None
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
@@ -64,7 +69,8 @@ def _pil_to_rgb(image: Image.Image, index: int) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    # An RGB image is returned as is: a copy of a 10,000² picture is 300 MB more for nothing (nothing here mutates it).
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _array_to_rgb(array: np.ndarray, index: int) -> Image.Image:
@@ -219,14 +225,68 @@ class MagNetImageProcessor(PilBackend):
         results = []
         for index in range(batch_size):
             height, width = (int(v) for v in target_sizes[index])
-            logits = F.interpolate(
-                pred_masks[index : index + 1].float(), size=(height, width), mode="bilinear", align_corners=True
-            )
-            probability = torch.einsum("bqc,bqhw->bchw", query_weights[index : index + 1], logits.sigmoid())[0, 0]
-            mask = probability > threshold
-            score = probability[mask].mean().item() if mask.any() else 0.0
+            if height < 1 or width < 1 or height * width > MAX_IMAGE_PIXELS:
+                raise ValueError(f"target size {height}x{width} is empty or larger than {MAX_IMAGE_PIXELS} pixels.")
+            mask, score = _threshold_upsampled(pred_masks[index].float(), query_weights[index, :, 0], height, width, threshold)
             results.append({"mask": mask, "score": score})
         return results
+
+
+#: Float32 values of the full-resolution probability map computed at once: 4M (16 MB), so that post-processing memory
+#: is bounded by this and the boolean mask (1 byte per pixel), not by the float maps of a 10,000² input (GBs).
+_POST_PROCESS_TILE_ELEMENTS = 1 << 22
+
+
+def _height_taps(input_size: int, output_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source rows and weights of linear interpolation with `align_corners=True`, in float32 as PyTorch's kernel
+    computes them (scale `(in-1)/(out-1)`, index = floor of the source position, weight = its fraction)."""
+    scale = torch.tensor(input_size - 1, dtype=torch.float32) / (output_size - 1) if output_size > 1 else torch.tensor(0.0)
+    source = scale * torch.arange(output_size, dtype=torch.float32)
+    low = source.to(torch.int64).clamp(max=input_size - 1)
+    high = (low + 1).clamp(max=input_size - 1)
+    fraction = (source - low.to(torch.float32)).clamp(0, 1)
+    return low.to(device), high.to(device), fraction.to(device)
+
+
+def _threshold_upsampled(logits: torch.Tensor, weights: torch.Tensor, height: int, width: int, threshold: float):
+    """
+    `(weights · sigmoid(bilinear(logits, (height, width), align_corners=True))) > threshold` with memory bounded by
+    the boolean result plus `_POST_PROCESS_TILE_ELEMENTS` floats, whatever the target size.
+
+    Bilinear interpolation is separable and PyTorch's kernel interpolates along the width first: that pass runs once
+    at the logits' own height (`F.interpolate` to `(h, width)`, whose height weights are exactly 1 and 0), and the
+    height pass runs tile by tile by hand, as `w1 * b` rounded to float32 plus `w0 * a` in one rounding (the kernel's
+    fused multiply-add, emulated in float64), so that on CPU every value is bit-equal to the full `F.interpolate`.
+    transformers and torch have no tiled resize; that is why this is written here.
+
+    Args:
+        logits: `(queries, h, w)` float32 mask logits at the model's resolution.
+        weights: `(queries,)` query weights (the class softmax).
+
+    Returns:
+        The bool mask `(height, width)` and the mean probability over it (0 when empty).
+    """
+    queries, in_height, _ = logits.shape
+    if queries * height * width <= _POST_PROCESS_TILE_ELEMENTS:
+        upsampled = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=True)[0]
+        probability = torch.einsum("q,qhw->hw", weights, upsampled.sigmoid())
+        mask = probability > threshold
+        return mask, (probability[mask].mean().item() if mask.any() else 0.0)
+    rows = F.interpolate(logits[None], size=(in_height, width), mode="bilinear", align_corners=True)[0]
+    low, high, fraction = _height_taps(in_height, height, logits.device)
+    mask = torch.empty((height, width), dtype=torch.bool, device=logits.device)
+    total, count = 0.0, 0
+    step = max(1, _POST_PROCESS_TILE_ELEMENTS // (width * queries))
+    for start in range(0, height, step):
+        stop = min(height, start + step)
+        weight = fraction[start:stop, None]
+        tile = ((rows[:, high[start:stop]] * weight).double() + rows[:, low[start:stop]].double() * (1 - weight).double()).float()
+        probability = torch.einsum("q,qhw->hw", weights, tile.sigmoid_())  # (tile, width)
+        inside = probability > threshold
+        mask[start:stop] = inside
+        total += float(probability[inside].double().sum())
+        count += int(inside.sum())
+    return mask, (total / count if count else 0.0)
 
 
 __all__ = ["MagNetImageProcessor", "MagNetImageError", "load_image_as_rgb"]

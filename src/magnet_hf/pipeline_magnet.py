@@ -211,7 +211,8 @@ class MagNetReferringSegmentationPipeline(ChunkPipeline):
             {
                 "score": float(result["score"]),
                 "label": output["label"],
-                "mask": Image.fromarray(result["mask"].cpu().numpy().astype(np.uint8) * 255),
+                # bool viewed as 0/1 bytes, times 255 in place of a float or int detour: one byte per pixel in total.
+                "mask": Image.fromarray(result["mask"].cpu().numpy().view(np.uint8) * np.uint8(255)),
             }
             for output, result in zip(model_outputs, results)
         ]
