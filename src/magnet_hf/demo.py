@@ -146,7 +146,7 @@ def prepare_output_folder(output: str | os.PathLike, file_names: list[str], over
     folder = Path(output).expanduser()
     if folder.exists() and not folder.is_dir():
         raise SegmentationCommandError(f"--output {str(output)!r} is a file; give a folder.")
-    existing = [name for name in file_names if (folder / name).exists()]
+    existing = [name for name in file_names if (folder / name).exists() or (folder / name).is_symlink()]
     if existing and not overwrite:
         raise SegmentationCommandError(
             f"{len(existing)} output file(s) already exist in {folder} (e.g. {existing[0]}); pass --overwrite to "
@@ -154,8 +154,13 @@ def prepare_output_folder(output: str | os.PathLike, file_names: list[str], over
         )
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        # A read-only folder or a full disk must show before the model runs, not after.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".magnet-write-check-") as probe:
+            probe.write(b"x" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
     except OSError as error:
-        raise SegmentationCommandError(f"Cannot create the output folder {folder}: {error.strerror}.") from None
+        raise SegmentationCommandError(f"Cannot write to the output folder {folder}: {error.strerror}.") from None
     return folder
 
 
