@@ -232,9 +232,9 @@ class MagNetImageProcessor(PilBackend):
         return results
 
 
-#: Float32 values of the full-resolution probability map computed at once: 4M (16 MB), so that post-processing memory
+#: Float32 values of the full-resolution probability map computed at once: 1M (4 MB), so that post-processing memory
 #: is bounded by this and the boolean mask (1 byte per pixel), not by the float maps of a 10,000² input (GBs).
-_POST_PROCESS_TILE_ELEMENTS = 1 << 22
+_POST_PROCESS_TILE_ELEMENTS = 1 << 20
 
 
 def _height_taps(input_size: int, output_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

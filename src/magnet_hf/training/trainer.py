@@ -109,7 +109,7 @@ def prepare_output_dir(args: TrainingArguments) -> Path | None:
     """Applies the output-folder rules and finds the checkpoint to resume from (main process only).
 
     A non-empty `output_dir` is refused unless resuming or `--overwrite`; with `--overwrite` nothing is removed
-    here (the run moves the old folder aside once its inputs have loaded, see `_Run._replace_old_output`), and an
+    here (the run moves the old folder aside once its inputs have loaded, see `_Run._move_old_output_aside`), and an
     output that holds one of the run's inputs is refused. `--resume latest` takes the newest checkpoint whose
     files all read back and are finite (skipping broken ones with a warning) and starts from scratch when there is
     none, so a restart script can always pass it.
