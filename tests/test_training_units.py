@@ -105,21 +105,24 @@ def test_scheduler_follows_poly_per_step():
 
 
 class FakeAccelerator:
-    """What `save_checkpoint` uses of an Accelerator; `fail` makes `save_state` die half-way through."""
+    """What `save_checkpoint` uses of an Accelerator."""
 
     is_main_process = True
-
-    def __init__(self, fail: bool = False):
-        self.fail = fail
 
     def wait_for_everyone(self):
         pass
 
-    def save_state(self, folder, safe_serialization=True):
+
+def _state_writer(fail: bool = False):
+    """A training-state writer; `fail` makes it die half-way through, as a kill during a save would."""
+
+    def write(folder):
         (Path(folder) / "model.safetensors").write_bytes(b"half")
-        if self.fail:
+        if fail:
             raise KeyboardInterrupt("killed during save")
-        (Path(folder) / "optimizer.bin").write_bytes(b"complete")
+        (Path(folder) / "optimizer.json").write_bytes(b"complete")
+
+    return write
 
 
 def _extras(folder: Path) -> None:
@@ -128,21 +131,22 @@ def _extras(folder: Path) -> None:
 
 def test_checkpoints_are_atomic_rotated_and_latest_skips_incomplete(tmp_path):
     for step in (1, 2, 3):
-        save_checkpoint(FakeAccelerator(), tmp_path, step, {"global_step": step}, _extras, total_limit=2)
+        save_checkpoint(FakeAccelerator(), tmp_path, step, {"global_step": step}, _extras, _state_writer(), total_limit=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002", "step-000003"]
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(FakeAccelerator(fail=True), tmp_path, 4, {"global_step": 4}, _extras, total_limit=2)
-    # The interrupted save left only a hidden temporary folder, which is never resumed from.
+        save_checkpoint(FakeAccelerator(), tmp_path, 4, {"global_step": 4}, _extras, _state_writer(fail=True), total_limit=2)
+    # The failed save removed its temporary folder (a kill -9 would leave it hidden, never resumed from).
     assert latest_checkpoint(tmp_path).name == "step-000003"
-    assert (tmp_path / "checkpoints" / ".tmp-step-000004").is_dir()
+    assert not (tmp_path / "checkpoints" / ".tmp-step-000004").exists()
+    (tmp_path / "checkpoints" / ".tmp-step-000004").mkdir()
     # A folder with the right name but no trainer_state.json (e.g. copied by hand, half) is ignored too.
     (tmp_path / "checkpoints" / "step-000009").mkdir()
     assert latest_checkpoint(tmp_path).name == "step-000003"
-    save_checkpoint(FakeAccelerator(), tmp_path, 5, {"global_step": 5}, _extras, total_limit=2)
+    save_checkpoint(FakeAccelerator(), tmp_path, 5, {"global_step": 5}, _extras, _state_writer(), total_limit=2)
     assert not (tmp_path / "checkpoints" / ".tmp-step-000004").exists()  # cleaned by the next save
     latest = latest_checkpoint(tmp_path)
     assert latest.name == "step-000005" and json.loads((latest / "trainer_state.json").read_text()) == {"global_step": 5}
-    assert (latest / "optimizer.bin").read_bytes() == b"complete"
+    assert (latest / "optimizer.json").read_bytes() == b"complete"
 
 
 def test_save_pretrained_atomic_keeps_the_previous_folder_on_failure(tmp_path):

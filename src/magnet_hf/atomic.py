@@ -11,7 +11,7 @@ from pathlib import Path
 def replace_directory(source: Path, target: Path) -> None:
     """Moves the complete folder `source` to `target` (same file system). An existing `target` is renamed aside first
     and removed only after the move succeeded, so a failure leaves the old folder where it was."""
-    if not target.exists():
+    if not target.exists() and not target.is_symlink():
         source.rename(target)
         return
     backup = target.with_name(f".{target.name}.replaced-{uuid.uuid4().hex[:8]}")
@@ -21,4 +21,7 @@ def replace_directory(source: Path, target: Path) -> None:
     except BaseException:
         backup.rename(target)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
+    if backup.is_symlink():  # rmtree refuses links (and ignore_errors would hide that, leaving it behind)
+        backup.unlink()
+    else:
+        shutil.rmtree(backup, ignore_errors=True)

@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from . import exit_status
 from .argtypes import non_negative_int, positive_int, probability
 from .demo import DEMO_SCENE_SEED
 
@@ -22,11 +23,14 @@ WRAPPED_COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("magnet_hf.data.cli", "build RefCOCO/RefCOCO+/RefCOCOg datasets (same options as scripts/prepare_refcoco.py)"),
 }
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = exit_status.BAD_INPUT
 
 
 def _expression(text: str) -> str:
-    if not text.strip():
+    import unicodedata
+
+    # Control and zero-width (format) characters alone tokenise to nothing, like whitespace.
+    if not any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf") for c in text):
         raise argparse.ArgumentTypeError("an expression must have words in it")
     return text
 
@@ -138,8 +142,10 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_status.guard_resources
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs `magnet-hf`; returns the exit status (0 success, 2 bad input or arguments)."""
+    """Runs `magnet-hf`; returns the exit status (`magnet_hf.exit_status`: 0 success, 2 bad input or arguments,
+    3 upload failed, 4 training diverged, 5 out of memory or disk)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in WRAPPED_COMMANDS:
         module = importlib.import_module(WRAPPED_COMMANDS[argv[0]][0])
@@ -157,11 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _segment(args) if args.command == "segment" else _demo(args)
     except (SegmentationCommandError, DemoModelMissingError, MagNetImageError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        exit_status.error(error)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -300,6 +300,11 @@ class MagNetConfig(PreTrainedConfig):
                 fail(field, f"{getattr(self, field)} heads do not divide decoder_hidden_size {hidden}.")
         if self.num_queries != 1:
             fail("num_queries", f"MagNet predicts one mask per expression; only 1 is supported, got {self.num_queries}.")
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "max_position_embeddings"):
+            value = getattr(self.text_config, field, None)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail("text_config", f"{field} must be a positive integer, got {value!r}.")
         text_hidden, text_heads = self.text_config.hidden_size, self.text_config.num_attention_heads
         if text_hidden % text_heads:
             fail("text_config", f"hidden_size {text_hidden} is not divisible by num_attention_heads {text_heads}.")

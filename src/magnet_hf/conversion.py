@@ -14,10 +14,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import BertConfig
 
+from . import exit_status
 from .atomic import replace_directory
 from .configuration_magnet import MagNetConfig
 
@@ -261,21 +263,28 @@ def config_from_official(build_arguments: dict, max_position_embeddings: int = 5
     missing = [key for key in OFFICIAL_BUILD_KEYS if key not in build_arguments]
     if missing:
         raise ConversionError(f"official_build_arguments lacks {missing}.")
+    bad = {
+        key: build_arguments[key] for key in OFFICIAL_BUILD_KEYS
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                   for v in (build_arguments[key] if isinstance(build_arguments[key], list) else [build_arguments[key]]))
+    }
+    if bad:
+        raise ConversionError(f"official_build_arguments must be positive integers; got {bad}.")
     layers = build_arguments["bert_layers"]
     if layers % 4:
         raise ConversionError(f"bert_layers={layers} cannot be cut into four equal fusion stages.")
     if build_arguments["dec_layers"] < 2:
         raise ConversionError("dec_layers must be at least 2 (the released builder makes dec_layers - 1 layers).")
-    text_config = BertConfig(
-        vocab_size=build_arguments["vocab"],
-        hidden_size=build_arguments["text_dim"],
-        num_hidden_layers=layers,
-        num_attention_heads=build_arguments["bert_heads"],
-        intermediate_size=build_arguments["bert_inter"],
-        max_position_embeddings=max_position_embeddings,
-        layer_norm_eps=1e-12,
-    )
     try:
+        text_config = BertConfig(
+            vocab_size=build_arguments["vocab"],
+            hidden_size=build_arguments["text_dim"],
+            num_hidden_layers=layers,
+            num_attention_heads=build_arguments["bert_heads"],
+            intermediate_size=build_arguments["bert_inter"],
+            max_position_embeddings=max_position_embeddings,
+            layer_norm_eps=1e-12,
+        )
         return MagNetConfig(
             text_config=text_config,
             image_size=image_size,
@@ -292,8 +301,8 @@ def config_from_official(build_arguments: dict, max_position_embeddings: int = 5
             decoder_num_heads=build_arguments["nheads"],
             decoder_feedforward_size=build_arguments["ffn"],
         )
-    except (ValueError, TypeError) as error:
-        raise ConversionError(f"The official build arguments describe an impossible model: {error}") from error
+    except Exception as error:  # transformers' strict config dataclasses raise their own types too
+        raise ConversionError(f"The official build arguments describe an impossible model: {error}") from None
 
 
 def read_official_config(path: str | Path | None) -> dict:
@@ -339,6 +348,34 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return content
 
 
+def _check_weight_values(state_dict: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source) -> None:
+    """Refuses NaN/inf weights and integer tensors where the model has floating-point ones: `load_state_dict` would
+    cast them silently, giving a model that loads and predicts nonsense."""
+    not_float = sorted(
+        key for key, value in state_dict.items()
+        if key in reference and reference[key].is_floating_point() and not value.is_floating_point()
+    )
+    if not_float:
+        raise ConversionError(
+            f"{source}: {len(not_float)} weight(s) are stored as integers where the model has floating-point "
+            f"parameters (first: {not_float[:3]}, {state_dict[not_float[0]].dtype}); this is not a trained checkpoint."
+        )
+    non_finite = sorted(
+        key for key, value in state_dict.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    )
+    if non_finite:
+        raise ConversionError(f"{source}: {len(non_finite)} weight(s) hold NaN or infinite values (first: {non_finite[:3]}).")
+
+
+def _inputs_inside(output_dir: Path, inputs: dict[str, Any]) -> list[str]:
+    target = output_dir.resolve()
+    return [
+        flag for flag, value in inputs.items()
+        if value is not None and Path(value).exists()
+        and (Path(value).resolve() == target or Path(value).resolve().is_relative_to(target))
+    ]
+
+
 def convert_official_checkpoint(
     checkpoint: str | Path,
     output_dir: str | Path,
@@ -354,8 +391,11 @@ def convert_official_checkpoint(
     from .modeling_magnet import MagNetForReferringSegmentation
 
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
+    if (output_dir.exists() or output_dir.is_symlink()) and not overwrite:
         raise ConversionError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it.")
+    inside = _inputs_inside(output_dir, {"--checkpoint": checkpoint, "--official-config": official_config, "--tokenizer": tokenizer})
+    if inside:
+        raise ConversionError(f"--output {output_dir} holds the input of {' and '.join(inside)}; replacing it would delete that input.")
     official = load_official_checkpoint(checkpoint)
     build_arguments = read_official_config(official_config)
     position_table = official.get("language_model.embeddings.position_embeddings.weight")
@@ -363,8 +403,10 @@ def convert_official_checkpoint(
         build_arguments, max_position_embeddings=position_table.shape[0] if position_table is not None else 512
     )
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in MagNetForReferringSegmentation(config).state_dict().items()}
+        reference = MagNetForReferringSegmentation(config).state_dict()
+    expected = {k: tuple(v.shape) for k, v in reference.items()}
     state_dict = convert_state_dict(official, expected, num_stages=len(config.depths))
+    _check_weight_values(state_dict, reference, checkpoint)
 
     processor = _build_processor(tokenizer, config) if tokenizer is not None else None
     model = MagNetForReferringSegmentation(config)
@@ -421,10 +463,9 @@ def build_argument_parser(prog: str | None = None):
     return parser
 
 
+@exit_status.guard_resources
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Command-line entry point; returns the process exit code (2 for a conversion error)."""
-    import sys
-
+    """Command-line entry point; returns the process exit code (`exit_status`: 2 for a conversion error)."""
     arguments = build_argument_parser(prog).parse_args(argv)
     try:
         output = convert_official_checkpoint(
@@ -435,8 +476,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             overwrite=arguments.overwrite,
         )
     except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        exit_status.error(error)
+        return exit_status.BAD_INPUT
     print(f"Converted {arguments.checkpoint} -> {output}")
     if arguments.tokenizer is None:
         print("No --tokenizer given: the folder holds the model only; add a processor before using pipelines.")

@@ -78,7 +78,6 @@ def load_segmenter(model: str | os.PathLike | None = None, device: str | None = 
 
     from .modeling_magnet import MagNetModel
     from .pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
-    from .processing_magnet import MagNetProcessor
 
     source = str(demo_model_path() if model is None else model)
     path = Path(source).expanduser()
@@ -95,11 +94,14 @@ def load_segmenter(model: str | os.PathLike | None = None, device: str | None = 
     verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()  # training-only heads of full checkpoints are expected to go unused
     transformers_logging.disable_progress_bar()
+    from .model_folder import ModelFolderError, check_loading_info, load_pretrained, load_processor
+
     try:
-        network, info = MagNetModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
-        processor = MagNetProcessor.from_pretrained(source)
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise SegmentationCommandError(f"Could not load a MagNet model and processor from {source!r}: {error}") from None
+        network, info = load_pretrained(MagNetModel, source, dtype=torch.float32)
+        check_loading_info(source, {"mismatched_keys": info.get("mismatched_keys")})
+        processor = load_processor(source)
+    except ModelFolderError as error:
+        raise SegmentationCommandError(str(error)) from None
     finally:
         transformers_logging.set_verbosity(verbosity)
         if progress_bars:
@@ -144,7 +146,7 @@ def prepare_output_folder(output: str | os.PathLike, file_names: list[str], over
     folder = Path(output).expanduser()
     if folder.exists() and not folder.is_dir():
         raise SegmentationCommandError(f"--output {str(output)!r} is a file; give a folder.")
-    existing = [name for name in file_names if (folder / name).exists()]
+    existing = [name for name in file_names if (folder / name).exists() or (folder / name).is_symlink()]
     if existing and not overwrite:
         raise SegmentationCommandError(
             f"{len(existing)} output file(s) already exist in {folder} (e.g. {existing[0]}); pass --overwrite to "
@@ -152,8 +154,13 @@ def prepare_output_folder(output: str | os.PathLike, file_names: list[str], over
         )
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        # A read-only folder or a full disk must show before the model runs, not after.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".magnet-write-check-") as probe:
+            probe.write(b"x" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
     except OSError as error:
-        raise SegmentationCommandError(f"Cannot create the output folder {folder}: {error.strerror}.") from None
+        raise SegmentationCommandError(f"Cannot write to the output folder {folder}: {error.strerror}.") from None
     return folder
 
 
@@ -208,8 +215,8 @@ def segment_to_files(
     results = segmenter(rgb, text=expressions, batch_size=batch_size)
     saved = []
     for (mask_name, overlay_name), result in zip(names, results):
-        mask = np.asarray(result["mask"]) > 127
         mask_file = save_png_atomically(result["mask"], folder / mask_name)
+        mask = np.asarray(result.pop("mask")) > 127  # the PIL copy goes: masks of a big image are 100 MB each
         overlay_file = save_png_atomically(
             overlay_mask(rgb, mask, f"{result['label']} ({result['score']:.2f})", scale=overlay_scale),
             folder / overlay_name,

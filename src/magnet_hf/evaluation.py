@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import exit_status
 from .argtypes import non_negative_int, positive_int
 from .metrics import DEFAULT_THRESHOLDS, ReferringSegmentationMetric, format_metrics_table
 
@@ -259,7 +259,6 @@ def load_evaluation_split(
 
 def _load_model_and_processor(model_path: str) -> tuple[Any, Any]:
     from .modeling_magnet import MagNetForReferringSegmentation
-    from .processing_magnet import MagNetProcessor
 
     path = Path(model_path).expanduser()
     if path.exists():
@@ -268,11 +267,14 @@ def _load_model_and_processor(model_path: str) -> tuple[Any, Any]:
     elif model_path.startswith((".", "/", "~")) or model_path.count("/") > 1:
         # Not a Hub id either, so asking the Hub would only hide the real problem behind a network error.
         raise EvaluationError(f"Model folder {model_path!r} does not exist.")
+    from .model_folder import ModelFolderError, check_loading_info, load_pretrained, load_processor
+
     try:
-        model = MagNetForReferringSegmentation.from_pretrained(model_path)
-        processor = MagNetProcessor.from_pretrained(model_path)
-    except (OSError, ValueError) as error:
-        raise EvaluationError(f"Could not load model and processor from {model_path!r}: {error}") from error
+        model, info = load_pretrained(MagNetForReferringSegmentation, model_path)
+        check_loading_info(model_path, {"mismatched_keys": info.get("mismatched_keys")})
+        processor = load_processor(model_path)
+    except ModelFolderError as error:
+        raise EvaluationError(str(error)) from None
     return model, processor
 
 
@@ -383,8 +385,24 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_writable_output(output: str) -> None:
+    """Creates and removes a temporary file beside `output`, so that a read-only folder or a full disk is found
+    before the evaluation runs, not after."""
+    folder = Path(output).expanduser().absolute().parent
+    if not folder.is_dir():
+        raise EvaluationError(f"Folder of the output does not exist: {folder}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".magnet-write-check-") as probe:
+            probe.write(b"x" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise EvaluationError(f"cannot write the output in {folder}: {error.strerror}.") from None
+
+
+@exit_status.guard_resources
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Runs the evaluation CLI; returns the exit status (0 success, 2 bad input)."""
+    """Runs the evaluation CLI; returns the exit status (`exit_status`: 0 success, 2 bad input)."""
     try:
         args = build_parser(prog).parse_args(argv)
     except SystemExit as exit:  # argparse already printed the usage and the reason
@@ -395,6 +413,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             # Refuse before spending minutes on the evaluation; only rank 0 writes, so only it may refuse (other
             # ranks could see the file rank 0 has just written).
             raise EvaluationError(f"{args.output} already exists; pass --overwrite to replace it.")
+        if main_rank and args.output:
+            _check_writable_output(args.output)
         model, processor = _load_model_and_processor(args.model)
         split = load_evaluation_split(
             args.dataset,
@@ -438,8 +458,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             )
             print(f"Model card updated: {card}")
     except EvaluationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        exit_status.error(error)
+        return exit_status.BAD_INPUT
     return 0
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import exit_status
 from .atomic import replace_directory
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -52,12 +52,30 @@ def _check_model_folder(model_dir: Path) -> None:
         raise HubPublishError(f"{model_dir} has no weights ({' or '.join(WEIGHT_FILES[::2])}).")
 
 
+#: A model card is Markdown text; anything larger is not one (and would be published as the repository's README).
+MAX_CARD_BYTES = 1 << 20
+
+
+def _check_card_text(path: Path) -> Path:
+    if path.suffix.lower() not in (".md", ".markdown"):
+        raise HubPublishError(f"Model card {str(path)!r} is not a Markdown (.md) file; it would be published as README.md.")
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise HubPublishError(f"Model card {str(path)!r} is over {MAX_CARD_BYTES >> 20} MB; a card is a short Markdown text.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as error:
+        raise HubPublishError(f"Model card {str(path)!r} is not readable UTF-8 text ({error}).") from None
+    if "\x00" in text:
+        raise HubPublishError(f"Model card {str(path)!r} holds NUL bytes; it is not a text file.")
+    return path
+
+
 def _resolve_card(model_dir: Path, card: str | os.PathLike | None) -> Path:
     if card is not None:
         path = Path(card).expanduser()
         if not path.is_file():
             raise HubPublishError(f"Model card {str(card)!r} does not exist (or is not a file).")
-        return path
+        return _check_card_text(path)
     if (model_dir / "README.md").is_file():
         return model_dir / "README.md"
     raise HubPublishError(
@@ -70,21 +88,23 @@ def _load_model_and_processor(model_dir: Path):
 
     from .configuration_magnet import MagNetConfig
     from .modeling_magnet import MagNetForReferringSegmentation, MagNetModel
-    from .processing_magnet import MagNetProcessor
 
     try:
         config = MagNetConfig.from_pretrained(model_dir)
-    except (OSError, ValueError, TypeError, KeyError) as error:
+    except Exception as error:  # strict-dataclass, JSON and type errors alike: the file is bad input
         raise HubPublishError(f"{model_dir}/config.json is not a MagNet config: {error}") from None
     # Keep the class the folder was saved from, so that training heads travel with a full checkpoint.
     architecture = (config.architectures or ["MagNetForReferringSegmentation"])[0]
     model_class = MagNetModel if architecture == "MagNetModel" else MagNetForReferringSegmentation
     progress_bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
+    from .model_folder import ModelFolderError, load_pretrained
+    from .model_folder import load_processor as load_checked_processor
+
     try:
-        model, info = model_class.from_pretrained(model_dir, output_loading_info=True, dtype="auto")
-    except (OSError, ValueError, RuntimeError) as error:
-        raise HubPublishError(f"Could not load the model in {model_dir}: {error}") from None
+        model, info = load_pretrained(model_class, model_dir, dtype="auto")
+    except ModelFolderError as error:
+        raise HubPublishError(str(error)) from None
     finally:
         if progress_bars:
             transformers_logging.enable_progress_bar()
@@ -93,12 +113,9 @@ def _load_model_and_processor(model_dir: Path):
         details = "; ".join(f"{key.replace('_', ' ')}: {len(v)} (first: {v[:3]})" for key, v in problems.items())
         raise HubPublishError(f"The weights in {model_dir} do not fit its config ({details}); nothing was written.")
     try:
-        processor = MagNetProcessor.from_pretrained(model_dir)
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise HubPublishError(
-            f"{model_dir} has no usable processor ({error}). Save one next to the model "
-            "(processor.save_pretrained), or convert with --tokenizer."
-        ) from None
+        processor = load_checked_processor(model_dir)
+    except ModelFolderError as error:
+        raise HubPublishError(str(error)) from None
     return model, processor
 
 
@@ -125,10 +142,12 @@ def build_hub_folder(
     model_dir, output_dir = Path(model_dir).expanduser(), Path(output_dir).expanduser().absolute()
     _check_model_folder(model_dir)
     card_path = _resolve_card(model_dir, card)
-    if output_dir.exists() and not overwrite:
+    # is_symlink: a dangling link "does not exist" but is still something the write would replace.
+    if (output_dir.exists() or output_dir.is_symlink()) and not overwrite:
         raise HubPublishError(f"{output_dir} already exists; pass --overwrite to replace it.")
-    if output_dir.resolve() == model_dir.resolve():
-        raise HubPublishError("--local-dir must differ from --model (the model folder would be replaced).")
+    for name, source in (("--model", model_dir), ("--card", card_path)):
+        if source.resolve() == output_dir.resolve() or source.resolve().is_relative_to(output_dir.resolve()):
+            raise HubPublishError(f"--local-dir {output_dir} holds {name} {source}; replacing it would delete that input.")
     if not output_dir.parent.is_dir():
         raise HubPublishError(f"The folder that should hold {output_dir.name} does not exist: {output_dir.parent}")
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
@@ -208,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exit_status.guard_resources
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the push command; returns the exit status (0 success, 2 bad input, 3 upload failed)."""
+    """Runs the push command; returns the exit status (`exit_status`: 0 success, 2 bad input, 3 upload failed)."""
     args = build_parser().parse_args(argv)
     try:
         validate_repo_id(args.repo)
@@ -222,11 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except HubPublishError:
             raise
         except Exception as error:  # network, authentication and permission errors come in many types
-            print(f"error: uploading to {args.repo} failed: {error}", file=sys.stderr)
-            return 3
+            exit_status.error(f"uploading to {args.repo} failed: {error}")
+            return exit_status.UPLOAD_FAILED
     except HubPublishError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        exit_status.error(error)
+        return exit_status.BAD_INPUT
     print(f"Pushed {args.model} to {args.repo}: {url}")
     return 0
 

@@ -13,6 +13,7 @@ MASK_TINT: tuple[int, int, int] = (255, 0, 255)
 MASK_ALPHA = 0.55
 _CAPTION_BACKGROUND = (0, 0, 0)
 _CAPTION_TEXT = (255, 255, 255)
+_BAND_PIXELS = 1 << 20
 
 
 def _font(image_width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -25,7 +26,7 @@ def _font(image_width: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def _as_bool_mask(mask, size: tuple[int, int]) -> np.ndarray:
     if isinstance(mask, Image.Image):
-        array = np.asarray(mask.convert("L")) > 127
+        array = np.asarray(mask if mask.mode == "L" else mask.convert("L")) > 127
     else:
         array = np.asarray(mask)
         if array.dtype != np.bool_:
@@ -68,15 +69,23 @@ def overlay_mask(image: Image.Image, mask, text: str | None = None, scale: int =
     """
     if not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}.")
-    rgb = image.convert("RGB")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
     in_mask = _as_bool_mask(mask, rgb.size)
     if scale > 1:
         rgb = rgb.resize((rgb.width * scale, rgb.height * scale), Image.Resampling.NEAREST)
         in_mask = np.repeat(np.repeat(in_mask, scale, axis=0), scale, axis=1)
-    pixels = np.asarray(rgb, dtype=np.float32)
+    result = rgb.copy()
     tint = np.asarray(MASK_TINT, dtype=np.float32)
-    pixels[in_mask] = (1 - MASK_ALPHA) * pixels[in_mask] + MASK_ALPHA * tint
-    result = Image.fromarray(np.round(pixels).astype(np.uint8))
+    # Band by band: a float copy of a whole 10,000² picture would be 1.2 GB; a band is a few MB.
+    band = max(1, _BAND_PIXELS // max(1, result.width))
+    for top in range(0, result.height, band):
+        bottom = min(result.height, top + band)
+        inside = in_mask[top:bottom]
+        if not inside.any():
+            continue
+        pixels = np.asarray(rgb.crop((0, top, result.width, bottom)), dtype=np.float32)
+        pixels[inside] = (1 - MASK_ALPHA) * pixels[inside] + MASK_ALPHA * tint
+        result.paste(Image.fromarray(np.round(pixels).astype(np.uint8)), (0, top))
     if text:
         font = _font(result.width)
         draw = ImageDraw.Draw(result)
