@@ -743,7 +743,7 @@ class MagNetPreTrainedModel(PreTrainedModel):
         if isinstance(module, MagNetSwinBlock):
             module._shift_masks.clear()
 
-    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
         """
         As in transformers, and every saved folder also carries its Hub remote code and declares the
         `referring-image-segmentation` pipeline, so that `pipeline(model=folder, trust_remote_code=True)` and the Auto
@@ -776,7 +776,7 @@ class MagNetPreTrainedModel(PreTrainedModel):
             },
         )
         self.config.custom_pipelines = custom_pipelines
-        result = super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        result = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
         if is_main_process and Path(save_directory).is_dir():
             # Copies this module, the pipeline module and every module they import relatively.
             custom_object_save(self, save_directory)
