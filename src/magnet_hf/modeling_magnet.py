@@ -26,6 +26,7 @@ from timm.models.swin_transformer import (
 from torch import nn
 from transformers import BertConfig, BertModel, Mask2FormerConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertEncoder, BertLMPredictionHead
 from transformers.models.mask2former.modeling_mask2former import (
@@ -743,15 +744,44 @@ class MagNetPreTrainedModel(PreTrainedModel):
         if isinstance(module, MagNetSwinBlock):
             module._shift_masks.clear()
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """As in transformers; with Hub remote code, the saved `auto_map` names both model classes, so the folder
-        loads with `AutoModel` (the network) and `AutoModelForImageSegmentation` (with training losses) alike."""
-        if self._auto_class is not None:
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map.setdefault("AutoModel", f"{__name__.split('.')[-1]}.MagNetModel")
-            auto_map.setdefault("AutoModelForImageSegmentation", f"{__name__.split('.')[-1]}.MagNetForReferringSegmentation")
-            self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
+        """
+        As in transformers, and every saved folder also carries its Hub remote code and declares the
+        `referring-image-segmentation` pipeline, so that `pipeline(model=folder, trust_remote_code=True)` and the Auto
+        classes load it in a process that never imports magnet_hf, whoever wrote it (conversion, training, the demo
+        model, the pipeline). transformers records remote code only for classes registered with
+        `register_for_auto_class`, and the pipeline task only when the pipeline itself is saved, hence the override.
+
+        `auto_map` names the config and both model classes (`AutoModel`: the network, `AutoModelForImageSegmentation`:
+        with training losses); the processor's save records its own.
+        """
+        # The pipeline module is imported here, not at the top, because it is only needed to save; the import also
+        # makes transformers copy it (and the processing modules it imports) with this file as remote code.
+        from .pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
+
+        module = __name__.split(".")[-1]
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoConfig", f"{MagNetConfig.__module__.split('.')[-1]}.{MagNetConfig.__name__}")
+        auto_map.setdefault("AutoModel", f"{module}.MagNetModel")
+        auto_map.setdefault("AutoModelForImageSegmentation", f"{module}.MagNetForReferringSegmentation")
+        self.config.auto_map = auto_map
+        custom_pipelines = dict(getattr(self.config, "custom_pipelines", None) or {})
+        # The entry Pipeline.save_pretrained writes for a registered pipeline (see transformers' PipelineRegistry).
+        custom_pipelines.setdefault(
+            REFERRING_SEGMENTATION_TASK,
+            {
+                "impl": f"{MagNetReferringSegmentationPipeline.__module__.split('.')[-1]}.{MagNetReferringSegmentationPipeline.__name__}",
+                "pt": ["AutoModel"],
+                "tf": [],
+                "type": "multimodal",
+            },
+        )
+        self.config.custom_pipelines = custom_pipelines
+        result = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if is_main_process and Path(save_directory).is_dir():
+            # Copies this module, the pipeline module and every module they import relatively.
+            custom_object_save(self, save_directory)
+        return result
 
 
 class MagNetModel(MagNetPreTrainedModel):
