@@ -25,12 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import functools
+
 import numpy as np
-import torch
 from PIL import Image
 
 from .argtypes import non_negative_int, positive_int
-from .metrics import DEFAULT_THRESHOLDS, ReferringSegmentationMetric, format_metrics_table
+
+# torch and the metrics (which import torch) are imported where they are used, so that `evaluate --help` and
+# argument errors answer without loading torch.
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +122,18 @@ def _one_row_per_sentence(dataset: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-@torch.no_grad()
+def _without_gradients(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_without_gradients
 def evaluate_referring_segmentation(
     model: torch.nn.Module,
     processor: Any,
@@ -130,7 +144,7 @@ def evaluate_referring_segmentation(
     accelerator: Any = None,
     progress: bool = True,
     threshold: float = 0.5,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, float | int]:
     """Scores a MagNet model on one referring segmentation split.
 
@@ -170,7 +184,10 @@ def evaluate_referring_segmentation(
     if len(samples) == 0:
         raise EvaluationError("The split has no (object, sentence) sample to evaluate.")
 
+    import torch
     from tqdm.auto import tqdm
+
+    from .metrics import DEFAULT_THRESHOLDS, ReferringSegmentationMetric
 
     loader = torch.utils.data.DataLoader(
         samples, batch_size=batch_size, shuffle=False, collate_fn=_EvaluationCollator(processor, resolution)
@@ -185,8 +202,9 @@ def evaluate_referring_segmentation(
     else:
         device, is_main = next(model.parameters()).device, True
 
-    metric = ReferringSegmentationMetric(thresholds)
-    for batch in tqdm(loader, desc=f"evaluate ({resolution})", disable=not (progress and is_main)):
+    metric = ReferringSegmentationMetric(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
+    # disable=None: tqdm stays off when stderr is not a terminal (redirected logs get no carriage returns).
+    for batch in tqdm(loader, desc=f"evaluate ({resolution})", disable=None if progress and is_main else True):
         outputs = model(
             pixel_values=batch["pixel_values"].to(device),
             input_ids=batch["input_ids"].to(device),
@@ -415,6 +433,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         )
         if accelerator is not None and not accelerator.is_main_process:
             return 0
+        from .metrics import format_metrics_table
+
         print(format_metrics_table(metrics))
         results = {
             "model": args.model,
