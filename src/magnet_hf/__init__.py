@@ -93,12 +93,21 @@ def _register_models() -> None:
 
 
 def _register_image_processor() -> None:
-    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+    from transformers.models.auto import image_processing_auto
 
     from .configuration_magnet import MagNetConfig
     from .image_processing_magnet import MagNetImageProcessor
 
-    AutoImageProcessor.register(MagNetConfig, slow_image_processor_class=MagNetImageProcessor, exist_ok=True)
+    image_processing_auto.AutoImageProcessor.register(
+        MagNetConfig, image_processor_classes={"pil": MagNetImageProcessor}, exist_ok=True
+    )
+    # MagNet's image processor has a PIL backend only (the released evaluation resized with PIL's bilinear filter).
+    # Listed with the processors that transformers defaults to PIL (its Lanczos ones), the automatic choice is "pil"
+    # instead of a "torchvision" request that falls back with a warning on every load. A new list, so that
+    # transformers' own list is left as it is.
+    default_to_pil = getattr(image_processing_auto, "DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS", None)
+    if isinstance(default_to_pil, list) and MagNetImageProcessor.__name__ not in default_to_pil:
+        image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS = [*default_to_pil, MagNetImageProcessor.__name__]
 
 
 def _register_processor() -> None:

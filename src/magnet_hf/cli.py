@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute precision (reduced precision runs under autocast)",
     )
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    segment.add_argument("--verbose", action="store_true", help="show transformers' progress bars and warnings")
 
     demo = commands.add_parser(
         "demo",
@@ -154,8 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .demo import DemoModelMissingError, SegmentationCommandError
     from .image_processing_magnet import MagNetImageError
 
+    from .progress import command_progress
+
     try:
-        return _segment(args) if args.command == "segment" else _demo(args)
+        with command_progress(args.verbose):
+            return _segment(args) if args.command == "segment" else _demo(args)
     except (SegmentationCommandError, DemoModelMissingError, MagNetImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -493,6 +493,7 @@ def build_argument_parser(prog: str | None = None):
     tokenizer.add_argument("--no-processor", action="store_true", help="write the model only, without a processor")
     parser.add_argument("--output", required=True, help="folder to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--verbose", action="store_true", help="show every progress bar of transformers")
     return parser
 
 
@@ -500,15 +501,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Command-line entry point; returns the process exit code (2 for a conversion error)."""
     import sys
 
+    from .progress import command_progress
+
     arguments = build_argument_parser(prog).parse_args(argv)
     try:
-        output = convert_official_checkpoint(
-            arguments.checkpoint,
-            arguments.output,
-            official_config=arguments.official_config,
-            tokenizer=None if arguments.no_processor else arguments.tokenizer,
-            overwrite=arguments.overwrite,
-        )
+        with command_progress(arguments.verbose):
+            output = convert_official_checkpoint(
+                arguments.checkpoint,
+                arguments.output,
+                official_config=arguments.official_config,
+                tokenizer=None if arguments.no_processor else arguments.tokenizer,
+                overwrite=arguments.overwrite,
+            )
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -394,6 +394,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="seed of --dataset synthetic (default 1: scenes that training, seed 0 by default, never drew)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--verbose", action="store_true", help="show every progress bar of transformers")
     return parser
 
 
@@ -409,7 +410,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             # Refuse before spending minutes on the evaluation; only rank 0 writes, so only it may refuse (other
             # ranks could see the file rank 0 has just written).
             raise EvaluationError(f"{args.output} already exists; pass --overwrite to replace it.")
-        model, processor = _load_model_and_processor(args.model)
+        from .progress import command_progress
+
+        with command_progress(args.verbose):
+            model, processor = _load_model_and_processor(args.model)
         split = load_evaluation_split(
             args.dataset,
             args.split,
