@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,16 +157,11 @@ def prepare_output_folder(output: str | os.PathLike, file_names: list[str], over
 
 
 def save_png_atomically(image: Image.Image, path: Path) -> Path:
-    """Writes `image` as PNG through a temporary sibling renamed into place, so no half-written file is ever left."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        image.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Writes `image` as PNG through a temporary sibling renamed into place, so no half-written file is ever left;
+    the file gets the umask's mode."""
+    from .atomic import write_atomically
+
+    return write_atomically(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 @dataclass

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -305,16 +304,9 @@ def write_results(results: dict[str, Any], output: str | os.PathLike, overwrite:
         raise EvaluationError(f"{output} already exists; pass --overwrite to replace it.")
     if not output.parent.is_dir():
         raise EvaluationError(f"Folder of the output does not exist: {output.parent}")
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(results, file, indent=2)
-            file.write("\n")
-        os.replace(temporary, output)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return output
+    from .atomic import write_text_atomically
+
+    return write_text_atomically(output, json.dumps(results, indent=2) + "\n")
 
 
 def update_model_card(
