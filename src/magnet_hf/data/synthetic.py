@@ -241,6 +241,15 @@ def generate_scene(
     return Scene(image=Image.fromarray(pixels, mode="RGB"), objects=objects, expressions=describe_objects(objects))
 
 
+#: The kinds of expression the generator writes (see the module docstring).
+EXPRESSION_KINDS: tuple[str, ...] = ("attribute", "relation", "ordinal", "superlative")
+
+
+def expression_kind(text: str) -> str:
+    """Which of :data:`EXPRESSION_KINDS` an expression of the generator is."""
+    return _kind(text)
+
+
 def _kind(text: str) -> str:
     if any(f" {relation} the " in text for relation in RELATIONS):
         return "relation"
