@@ -112,6 +112,18 @@ def test_segment_bad_models_fail_clearly(image_file, tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
+def test_segment_explains_a_folder_without_processor(model_folder, image_file, tmp_path, capsys):
+    bare = tmp_path / "converted"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((model_folder / name).read_bytes())
+    argv = ["segment", "--image", str(image_file), "--text", "the red circle", "--model", str(bare), "--output", str(tmp_path / "out")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "no processor" in error and "--tokenizer" in error
+    assert "huggingface.co" not in error and not (tmp_path / "out").exists()
+
+
 def test_segment_argument_errors_exit_non_zero(image_file, tmp_path, capsys):
     assert main(["segment", "--image", str(image_file), "--output", str(tmp_path)]) == 2  # no --text
     assert main(["segment", "--image", str(image_file), "--text", "  ", "--output", str(tmp_path)]) == 2

@@ -3,6 +3,7 @@ registers everything with transformers before it is used."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -80,3 +81,30 @@ def test_import_is_cheap_and_registration_happens_when_transformers_loads(transf
     result = _run(["-c", script])
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "registered"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_command_progress_delays_bars_and_hides_them_off_a_terminal():
+    from transformers.utils import logging as transformers_logging
+
+    from magnet_hf.progress import PROGRESS_DELAY_SECONDS, command_progress
+
+    transformers_logging.enable_progress_bar()
+    with command_progress():
+        on_terminal = transformers_logging.tqdm(range(3), desc="Loading weights", file=_Terminal())
+        assert not on_terminal.disable and on_terminal.delay == PROGRESS_DELAY_SECONDS
+        list(on_terminal)
+        assert on_terminal.fp.getvalue() == ""  # a quick load never shows its bar
+        assert transformers_logging.tqdm(range(3), desc="Loading weights", file=io.StringIO()).disable
+    with command_progress(verbose=True):
+        verbose = transformers_logging.tqdm(range(3), desc="Loading weights", file=io.StringIO())
+        assert not verbose.disable and verbose.delay == 0
+        list(verbose)
+        assert "Loading weights" in verbose.fp.getvalue()
+    after = transformers_logging.tqdm(range(3), file=io.StringIO())  # the hook is gone after the command
+    assert not after.disable and after.delay == 0
+    after.close()

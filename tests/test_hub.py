@@ -206,3 +206,16 @@ def test_without_a_card_a_basic_one_is_written_with_the_training_metrics(model_f
     (tmp_path / "plain").mkdir()
     plain = ModelCard.load(write_basic_card(model_folder, tmp_path / "plain", "me/plain"))
     assert plain.data.eval_results is None and "me/plain" in plain.text
+
+
+def test_publishing_prints_no_shard_bar_and_no_backend_warning(model_folder, tmp_path, capfd):
+    import logging
+
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process; an earlier test may have
+    card = str(model_folder.parent / "card.md")
+    argv = ["--model", str(model_folder), "--repo", "me/quiet", "--card", card, "--local-dir", str(tmp_path / "out")]
+    assert main(argv) == 0
+    captured = capfd.readouterr()
+    assert "nothing uploaded" in captured.out
+    assert "Writing model shards" not in captured.err and "Loading weights" not in captured.err
+    assert "torchvision backend" not in captured.err
