@@ -571,16 +571,9 @@ def write_json(report: dict[str, Any], path: str | Path, overwrite: bool = False
         raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"The folder of {path} does not exist.")
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    from .atomic import write_text_atomically
+
+    return write_text_atomically(path, json.dumps(report, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -24,13 +24,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import functools
+
 import numpy as np
-import torch
 from PIL import Image
 
 from . import exit_status
 from .argtypes import non_negative_int, positive_int
-from .metrics import DEFAULT_THRESHOLDS, ReferringSegmentationMetric, format_metrics_table
+
+# torch and the metrics (which import torch) are imported where they are used, so that `evaluate --help` and
+# argument errors answer without loading torch.
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +122,18 @@ def _one_row_per_sentence(dataset: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-@torch.no_grad()
+def _without_gradients(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_without_gradients
 def evaluate_referring_segmentation(
     model: torch.nn.Module,
     processor: Any,
@@ -130,7 +144,7 @@ def evaluate_referring_segmentation(
     accelerator: Any = None,
     progress: bool = True,
     threshold: float = 0.5,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] | None = None,
     metric: ReferringSegmentationMetric | None = None,
 ) -> dict[str, float | int]:
     """Scores a MagNet model on one referring segmentation split.
@@ -174,7 +188,10 @@ def evaluate_referring_segmentation(
     if len(samples) == 0:
         raise EvaluationError("The split has no (object, sentence) sample to evaluate.")
 
+    import torch
     from tqdm.auto import tqdm
+
+    from .metrics import DEFAULT_THRESHOLDS, ReferringSegmentationMetric
 
     loader = torch.utils.data.DataLoader(
         samples, batch_size=batch_size, shuffle=False, collate_fn=_EvaluationCollator(processor, resolution)
@@ -189,8 +206,10 @@ def evaluate_referring_segmentation(
     else:
         device, is_main = next(model.parameters()).device, True
 
-    metric = ReferringSegmentationMetric(thresholds) if metric is None else metric
-    for batch in tqdm(loader, desc=f"evaluate ({resolution})", disable=not (progress and is_main)):
+    if metric is None:
+        metric = ReferringSegmentationMetric(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
+    # disable=None: tqdm stays off when stderr is not a terminal (redirected logs get no carriage returns).
+    for batch in tqdm(loader, desc=f"evaluate ({resolution})", disable=None if progress and is_main else True):
         outputs = model(
             pixel_values=batch["pixel_values"].to(device),
             input_ids=batch["input_ids"].to(device),
@@ -293,16 +312,9 @@ def write_results(results: dict[str, Any], output: str | os.PathLike, overwrite:
         raise EvaluationError(f"{output} already exists; pass --overwrite to replace it.")
     if not output.parent.is_dir():
         raise EvaluationError(f"Folder of the output does not exist: {output.parent}")
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(results, file, indent=2)
-            file.write("\n")
-        os.replace(temporary, output)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return output
+    from .atomic import write_text_atomically
+
+    return write_text_atomically(output, json.dumps(results, indent=2) + "\n")
 
 
 def update_model_card(
@@ -382,6 +394,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="seed of --dataset synthetic (default 1: scenes that training, seed 0 by default, never drew)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--verbose", action="store_true", help="show every progress bar of transformers")
     return parser
 
 
@@ -415,7 +428,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             raise EvaluationError(f"{args.output} already exists; pass --overwrite to replace it.")
         if main_rank and args.output:
             _check_writable_output(args.output)
-        model, processor = _load_model_and_processor(args.model)
+        from .progress import command_progress
+
+        with command_progress(args.verbose):
+            model, processor = _load_model_and_processor(args.model)
         split = load_evaluation_split(
             args.dataset,
             args.split,
@@ -439,6 +455,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         )
         if accelerator is not None and not accelerator.is_main_process:
             return 0
+        from .metrics import format_metrics_table
+
         print(format_metrics_table(metrics))
         results = {
             "model": args.model,

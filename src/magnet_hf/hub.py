@@ -70,7 +70,8 @@ def _check_card_text(path: Path) -> Path:
     return path
 
 
-def _resolve_card(model_dir: Path, card: str | os.PathLike | None) -> Path:
+def _resolve_card(model_dir: Path, card: str | os.PathLike | None) -> Path | None:
+    """The card file to publish; `None` when there is none, so that a basic one is written."""
     if card is not None:
         path = Path(card).expanduser()
         if not path.is_file():
@@ -78,8 +79,75 @@ def _resolve_card(model_dir: Path, card: str | os.PathLike | None) -> Path:
         return _check_card_text(path)
     if (model_dir / "README.md").is_file():
         return model_dir / "README.md"
-    raise HubPublishError(
-        f"{model_dir} has no README.md model card; pass --card FILE (templates are in the repository's model_cards/)."
+    return None
+
+
+def _training_metrics(model_dir: Path) -> tuple[dict[str, Any], str, str] | None:
+    """`(metrics, dataset, split)` of the final (else best) evaluation in `eval_results.json`, as `train.py` writes
+    it; `None` when the folder has no usable one."""
+    import json
+
+    try:
+        results = json.loads((model_dir / "eval_results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict):
+        return None
+    entry = results.get("final") or results.get("best")
+    if not isinstance(entry, dict):
+        return None
+    metrics = {
+        key: value for key, value in entry.items()
+        if key in ("overall_iou", "mean_iou") or key.startswith("precision@")
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    if not metrics:
+        return None
+    return metrics, str(results.get("dataset") or "unknown"), str(results.get("eval_split") or "validation")
+
+
+def write_basic_card(model_dir: Path, target: Path, name: str) -> Path:
+    """
+    Writes a basic `README.md` into `target`: metadata (library, pipeline tag, tags), what the model is and how to run
+    it, and a `model-index` with the metrics of `model_dir/eval_results.json` when there is one (a folder `train.py`
+    wrote). transformers' own `push_to_hub` writes a similar minimal card.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .evaluation import update_model_card
+
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        tags=["magnet", "referring-image-segmentation"],
+        model_name=name,
+    )
+    text = (
+        f"---\n{data.to_yaml()}\n---\n\n# {name}\n\n"
+        "A MagNet referring image segmentation model (Mask Grounding for Referring Image Segmentation, CVPR 2024): "
+        "an image and an expression give the mask of the object the expression refers to.\n\n"
+        "This is a basic card written by magnet_hf's publishing tool, because none was given.\n\n"
+        "```python\nfrom transformers import pipeline\n\n"
+        f'segmenter = pipeline(model="{name}", trust_remote_code=True)\n'
+        'segmenter("image.jpg", text="the man in the red shirt")\n```\n'
+    )
+    ModelCard(text).save(target / "README.md")
+    training = _training_metrics(model_dir)
+    if training is not None:
+        metrics, dataset, split = training
+        update_model_card(target, metrics, dataset=dataset, split=split, resolution="released")
+    return target / "README.md"
+
+
+def basic_card_notice(model_dir: str | os.PathLike, card: str | os.PathLike | None) -> str | None:
+    """The notice printed when publishing writes a basic card (no `--card` and no `README.md` in the folder)."""
+    model_dir = Path(model_dir).expanduser()
+    if card is not None or (model_dir / "README.md").is_file():
+        return None
+    source = " with the metrics of eval_results.json" if _training_metrics(model_dir) else ""
+    return (
+        f"Note: no --card given and {model_dir} has no README.md; a basic model card{source} was written. "
+        "Pass --card FILE to publish your own (templates are in the repository's model_cards/)."
     )
 
 
@@ -120,7 +188,11 @@ def _load_model_and_processor(model_dir: Path):
 
 
 def build_hub_folder(
-    model_dir: str | os.PathLike, output_dir: str | os.PathLike, card: str | os.PathLike | None = None, overwrite: bool = False
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    card: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    repo_id: str | None = None,
 ) -> Path:
     """
     Writes to `output_dir` exactly what a push uploads: the model with `auto_map` and `custom_pipelines` in its
@@ -133,11 +205,12 @@ def build_hub_folder(
     Args:
         model_dir: a folder holding a saved MagNet model and its processor.
         output_dir: the folder to create.
-        card: model card file; defaults to `model_dir/README.md`.
+        card: model card file; defaults to `model_dir/README.md`, else a basic card ([`write_basic_card`]).
         overwrite: replace an existing `output_dir`.
+        repo_id: the repository the folder is for; names the model in a basic card (default: the folder's name).
 
     Raises:
-        HubPublishError: a missing or incomplete model folder, a missing card, or an existing output.
+        HubPublishError: a missing or incomplete model folder, a missing `card` file, or an existing output.
     """
     model_dir, output_dir = Path(model_dir).expanduser(), Path(output_dir).expanduser().absolute()
     _check_model_folder(model_dir)
@@ -152,7 +225,7 @@ def build_hub_folder(
         raise HubPublishError(f"The folder that should hold {output_dir.name} does not exist: {output_dir.parent}")
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        _write_hub_files(model_dir, card_path, staging)
+        _write_hub_files(model_dir, card_path, staging, repo_id or model_dir.resolve().name)
         replace_directory(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -160,7 +233,7 @@ def build_hub_folder(
     return output_dir
 
 
-def _write_hub_files(model_dir: Path, card_path: Path, target: Path) -> None:
+def _write_hub_files(model_dir: Path, card_path: Path | None, target: Path, name: str) -> None:
     from .pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
 
     model, processor = _load_model_and_processor(model_dir)
@@ -170,7 +243,10 @@ def _write_hub_files(model_dir: Path, card_path: Path, target: Path) -> None:
     # Pipeline.save_pretrained writes custom_pipelines into the config and copies pipeline_magnet.py with its relative
     # imports; the model and processor saves add their own remote code and auto_map entries.
     pipeline.save_pretrained(target)
-    shutil.copyfile(card_path, target / "README.md")
+    if card_path is None:
+        write_basic_card(model_dir, target, name)
+    else:
+        shutil.copyfile(card_path, target / "README.md")
 
 
 def push_folder_to_hub(
@@ -200,7 +276,7 @@ def push_folder_to_hub(
 
         api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="magnet-hub-") as scratch:
-        folder = build_hub_folder(model_dir, Path(scratch) / "upload", card=card)
+        folder = build_hub_folder(model_dir, Path(scratch) / "upload", card=card, repo_id=repo_id)
         api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), commit_message=commit_message)
     return str(getattr(commit, "commit_url", commit))
@@ -219,22 +295,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="saved MagNet folder (model + processor)")
     parser.add_argument("--repo", required=True, help="Hub repository id, owner/name")
-    parser.add_argument("--card", help="model card (default: the model folder's README.md); see model_cards/")
+    parser.add_argument(
+        "--card", help="model card (default: the model folder's README.md, else a basic card with the metrics of its "
+        "eval_results.json); see model_cards/",
+    )
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--token", help="Hub token (default: the logged-in user's)")
     parser.add_argument("--local-dir", help="write what would be uploaded to this new folder; upload nothing")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --local-dir")
+    parser.add_argument("--verbose", action="store_true", help="show every progress bar of transformers")
     return parser
 
 
 @exit_status.guard_resources
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the push command; returns the exit status (`exit_status`: 0 success, 2 bad input, 3 upload failed)."""
+    from .progress import command_progress
+
     args = build_parser().parse_args(argv)
+    with command_progress(args.verbose):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         validate_repo_id(args.repo)
+        notice = basic_card_notice(args.model, args.card) if Path(args.model).expanduser().is_dir() else None
         if args.local_dir:
-            folder = build_hub_folder(args.model, args.local_dir, card=args.card, overwrite=args.overwrite)
+            folder = build_hub_folder(
+                args.model, args.local_dir, card=args.card, overwrite=args.overwrite, repo_id=args.repo
+            )
+            if notice:
+                print(notice)
             print(f"Wrote the files for {args.repo} to {folder} ({len(list(folder.iterdir()))} files); nothing uploaded.")
             return 0
         try:
@@ -247,8 +339,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HubPublishError as error:
         exit_status.error(error)
         return exit_status.BAD_INPUT
+    if notice:
+        print(notice)
     print(f"Pushed {args.model} to {args.repo}: {url}")
     return 0
 
 
-__all__ = ["HubPublishError", "build_hub_folder", "push_folder_to_hub", "validate_repo_id"]
+__all__ = [
+    "HubPublishError",
+    "basic_card_notice",
+    "build_hub_folder",
+    "push_folder_to_hub",
+    "validate_repo_id",
+    "write_basic_card",
+]

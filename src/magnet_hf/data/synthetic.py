@@ -241,8 +241,12 @@ def generate_scene(
     return Scene(image=Image.fromarray(pixels, mode="RGB"), objects=objects, expressions=describe_objects(objects))
 
 
+#: The kinds of expression the generator writes (see the module docstring).
+EXPRESSION_KINDS: tuple[str, ...] = ("attribute", "relation", "ordinal", "superlative")
+
+
 def expression_kind(text: str) -> str:
-    """The kind of a generated expression: `attribute`, `relation`, `ordinal` or `superlative`."""
+    """Which of :data:`EXPRESSION_KINDS` an expression of the generator is."""
     if any(f" {relation} the " in text for relation in RELATIONS):
         return "relation"
     if text.endswith(("from the left", "from the right", "from the top", "from the bottom")):

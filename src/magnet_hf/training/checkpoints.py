@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..atomic import apply_default_modes
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -169,6 +171,7 @@ def save_checkpoint(
         if accelerator.is_main_process:
             write_extras(temporary)
             write_json_atomic(trainer_state, temporary / TRAINER_STATE)
+            apply_default_modes(temporary)  # transformers writes model.safetensors 0600 whatever the umask
             _fsync_tree(temporary)
             if final.exists():  # the same step saved again (e.g. resumed at a checkpoint and stopped at once)
                 retired = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
@@ -204,6 +207,7 @@ def save_pretrained_atomic(model: Any, processor: Any, target: str | os.PathLike
         processor.save_pretrained(str(temporary))
         for name, data in (extra_json or {}).items():
             write_json_atomic(data, temporary / name)
+        apply_default_modes(temporary)  # transformers writes model.safetensors 0600 whatever the umask
         _fsync_tree(temporary)
         if target.exists():
             retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"

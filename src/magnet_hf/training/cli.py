@@ -34,8 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
+    from ..progress import command_progress
+
     try:
-        result = train(args)
+        with command_progress():
+            result = train(args)
     except NonFiniteLossError as error:
         exit_status.error(error)
         return EXIT_DIVERGED

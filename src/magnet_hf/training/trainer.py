@@ -504,7 +504,7 @@ class _Run:
         batches = self._micro_batches()
         progress = tqdm(
             total=self.total_steps, initial=state["global_step"], desc="train",
-            disable=not (args.progress and accelerator.is_main_process),
+            disable=None if args.progress and accelerator.is_main_process else True,  # None: off unless a terminal
         )
         window: dict[str, list[float]] = {}
         interrupted = False
