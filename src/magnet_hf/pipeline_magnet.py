@@ -52,7 +52,7 @@ def _as_dtype(dtype: Any) -> torch.dtype | None:
         resolved = getattr(torch, dtype, None)
         if not isinstance(resolved, torch.dtype):
             raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'.")
-        return resolved
+        dtype = resolved
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype or its name, got {type(dtype).__name__}.")
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
