@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +17,9 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 # Above this many pixels PIL suspects a decompression bomb; MagNet never needs more, so refuse clearly instead.
 MAX_IMAGE_PIXELS = 20_000 * 20_000
+# The largest model input side accepted from a processor config (the released model runs at 480): memory grows with
+# the square of it, and a crafted `size` of 60,000 would ask for tens of GB.
+MAX_MODEL_INPUT_SIZE = 4096
 
 
 class MagNetImageError(ValueError):
@@ -30,9 +34,13 @@ def load_image_as_rgb(image, index: int = 0) -> Image.Image:
     """
     if isinstance(image, (str, os.PathLike)):
         try:
-            with Image.open(image) as opened:
-                opened.load()
-                image = opened.copy()
+            with warnings.catch_warnings():
+                # MAX_IMAGE_PIXELS below is the bound; PIL's own warning at 89 M pixels would only be noise.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(image)
+            with opened:
+                opened.load()  # the pixels are in memory from here on; leaving the block closes only the file
+                image = opened
         except FileNotFoundError:
             raise MagNetImageError(f"Image {index}: file {os.fspath(image)!r} does not exist.") from None
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
@@ -61,7 +69,8 @@ def _pil_to_rgb(image: Image.Image, index: int) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    # An RGB image is returned as is: a copy of a 10,000² picture is 300 MB more for nothing (nothing here mutates it).
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _array_to_rgb(array: np.ndarray, index: int) -> Image.Image:
@@ -102,7 +111,19 @@ def _size_of(size) -> tuple[int, int]:
     width = size.get("width") if isinstance(size, dict) else getattr(size, "width", None)
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
         raise ValueError(f"size must give a positive integer 'height' and 'width', got {size!r}.")
+    if max(height, width) > MAX_MODEL_INPUT_SIZE:
+        raise ValueError(f"size {height}x{width} is larger than the {MAX_MODEL_INPUT_SIZE} pixels a MagNet input may have.")
     return height, width
+
+
+def _normalisation(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    if mean.shape != (3,) or std.shape != (3,):
+        raise ValueError(f"image_mean and image_std need three values (RGB), got {mean.tolist()} and {std.tolist()}.")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        shown = [[float(f"{value:.6g}") for value in values] for values in (mean, std)]
+        raise ValueError(f"image_mean must be finite and image_std finite and positive, got {shown[0]} and {shown[1]}.")
+    return mean, std
 
 
 class MagNetImageProcessor(PilBackend):
@@ -126,13 +147,22 @@ class MagNetImageProcessor(PilBackend):
     do_normalize = True
     do_convert_rgb = True
 
+    def check_settings(self) -> None:
+        """Refuses settings (from a model folder's config) that cannot give sane pixels: a size above
+        `MAX_MODEL_INPUT_SIZE`, a zero, negative or non-finite `image_std`, a non-finite `image_mean`.
+
+        Raises:
+            ValueError: naming the setting.
+        """
+        _size_of(self.size)
+        _normalisation(self.image_mean, self.image_std)
+
     def preprocess(self, images, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
         unknown = set(kwargs) - {"size", "image_mean", "image_std", "do_normalize", "do_resize"}
         if unknown:
             raise TypeError(f"MagNetImageProcessor got unexpected arguments {sorted(unknown)}.")
         size = kwargs.get("size", self.size)
-        mean = np.asarray(kwargs.get("image_mean", self.image_mean), dtype=np.float32)
-        std = np.asarray(kwargs.get("image_std", self.image_std), dtype=np.float32)
+        mean, std = _normalisation(kwargs.get("image_mean", self.image_mean), kwargs.get("image_std", self.image_std))
         height, width = _size_of(size)
         if isinstance(images, (list, tuple)):
             if not images:
@@ -146,6 +176,11 @@ class MagNetImageProcessor(PilBackend):
             original_sizes.append((rgb.height, rgb.width))
             if kwargs.get("do_resize", self.do_resize):
                 rgb = rgb.resize((width, height), resample=Image.Resampling.BILINEAR)
+            elif max(rgb.size) > MAX_MODEL_INPUT_SIZE:
+                raise MagNetImageError(
+                    f"Image {index} is {rgb.width}x{rgb.height}; with do_resize=False the model would run at that size "
+                    f"(at most {MAX_MODEL_INPUT_SIZE} accepted)."
+                )
             # Divide (not multiply by 1/255) to round exactly like torchvision's ToTensor in the released pipeline.
             array = np.asarray(rgb, dtype=np.float32) / np.float32(255)
             if kwargs.get("do_normalize", self.do_normalize):
@@ -190,14 +225,68 @@ class MagNetImageProcessor(PilBackend):
         results = []
         for index in range(batch_size):
             height, width = (int(v) for v in target_sizes[index])
-            logits = F.interpolate(
-                pred_masks[index : index + 1].float(), size=(height, width), mode="bilinear", align_corners=True
-            )
-            probability = torch.einsum("bqc,bqhw->bchw", query_weights[index : index + 1], logits.sigmoid())[0, 0]
-            mask = probability > threshold
-            score = probability[mask].mean().item() if mask.any() else 0.0
+            if height < 1 or width < 1 or height * width > MAX_IMAGE_PIXELS:
+                raise ValueError(f"target size {height}x{width} is empty or larger than {MAX_IMAGE_PIXELS} pixels.")
+            mask, score = _threshold_upsampled(pred_masks[index].float(), query_weights[index, :, 0], height, width, threshold)
             results.append({"mask": mask, "score": score})
         return results
+
+
+#: Float32 values of the full-resolution probability map computed at once: 1M (4 MB), so that post-processing memory
+#: is bounded by this and the boolean mask (1 byte per pixel), not by the float maps of a 10,000² input (GBs).
+_POST_PROCESS_TILE_ELEMENTS = 1 << 20
+
+
+def _height_taps(input_size: int, output_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source rows and weights of linear interpolation with `align_corners=True`, in float32 as PyTorch's kernel
+    computes them (scale `(in-1)/(out-1)`, index = floor of the source position, weight = its fraction)."""
+    scale = torch.tensor(input_size - 1, dtype=torch.float32) / (output_size - 1) if output_size > 1 else torch.tensor(0.0)
+    source = scale * torch.arange(output_size, dtype=torch.float32)
+    low = source.to(torch.int64).clamp(max=input_size - 1)
+    high = (low + 1).clamp(max=input_size - 1)
+    fraction = (source - low.to(torch.float32)).clamp(0, 1)
+    return low.to(device), high.to(device), fraction.to(device)
+
+
+def _threshold_upsampled(logits: torch.Tensor, weights: torch.Tensor, height: int, width: int, threshold: float):
+    """
+    `(weights · sigmoid(bilinear(logits, (height, width), align_corners=True))) > threshold` with memory bounded by
+    the boolean result plus `_POST_PROCESS_TILE_ELEMENTS` floats, whatever the target size.
+
+    Bilinear interpolation is separable and PyTorch's kernel interpolates along the width first: that pass runs once
+    at the logits' own height (`F.interpolate` to `(h, width)`, whose height weights are exactly 1 and 0), and the
+    height pass runs tile by tile by hand, as `w1 * b` rounded to float32 plus `w0 * a` in one rounding (the kernel's
+    fused multiply-add, emulated in float64), so that on CPU every value is bit-equal to the full `F.interpolate`.
+    transformers and torch have no tiled resize; that is why this is written here.
+
+    Args:
+        logits: `(queries, h, w)` float32 mask logits at the model's resolution.
+        weights: `(queries,)` query weights (the class softmax).
+
+    Returns:
+        The bool mask `(height, width)` and the mean probability over it (0 when empty).
+    """
+    queries, in_height, _ = logits.shape
+    if queries * height * width <= _POST_PROCESS_TILE_ELEMENTS:
+        upsampled = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=True)[0]
+        probability = torch.einsum("q,qhw->hw", weights, upsampled.sigmoid())
+        mask = probability > threshold
+        return mask, (probability[mask].mean().item() if mask.any() else 0.0)
+    rows = F.interpolate(logits[None], size=(in_height, width), mode="bilinear", align_corners=True)[0]
+    low, high, fraction = _height_taps(in_height, height, logits.device)
+    mask = torch.empty((height, width), dtype=torch.bool, device=logits.device)
+    total, count = 0.0, 0
+    step = max(1, _POST_PROCESS_TILE_ELEMENTS // (width * queries))
+    for start in range(0, height, step):
+        stop = min(height, start + step)
+        weight = fraction[start:stop, None]
+        tile = ((rows[:, high[start:stop]] * weight).double() + rows[:, low[start:stop]].double() * (1 - weight).double()).float()
+        probability = torch.einsum("q,qhw->hw", weights, tile.sigmoid_())  # (tile, width)
+        inside = probability > threshold
+        mask[start:stop] = inside
+        total += float(probability[inside].double().sum())
+        count += int(inside.sum())
+    return mask, (total / count if count else 0.0)
 
 
 __all__ = ["MagNetImageProcessor", "MagNetImageError", "load_image_as_rgb"]
