@@ -28,9 +28,8 @@ from magnet_hf.demo import (
     DEMO_SCENE_SEED,
     DemoModelMissingError,
     SegmentationCommandError,
-    find_demo_scene,
     load_segmenter,
-    pick_demo_expressions,
+    pick_demo_scenes,
 )
 
 #: Largest upload accepted; bigger files are refused by the server before they reach the model.
@@ -41,13 +40,11 @@ MAX_EXPRESSION_CHARACTERS = 500
 
 def write_examples(image_size: int, folder: Path, scenes: int = EXAMPLE_SCENES) -> list[list[str]]:
     """`[image path, expression]` examples from unseen synthetic scenes (the demo's seed), saved as PNGs in `folder`."""
-    examples, index = [], 0
-    for _ in range(scenes):
-        index, scene = find_demo_scene(DEMO_SCENE_SEED, index, max(image_size, 64), 2)
+    examples = []
+    for index, scene, choice in pick_demo_scenes(DEMO_SCENE_SEED, 0, max(image_size, 64), scenes, 2 * scenes):
         path = folder / f"scene{index:04d}.png"
         scene.image.save(path)
-        examples += [[str(path), text] for _, text in pick_demo_expressions(scene, 2)]
-        index += 1
+        examples += [[str(path), text] for _, text, _ in choice]
     return examples
 
 
