@@ -71,8 +71,12 @@ def _copy_run(run: Path, tmp_path: Path) -> Path:
 
 def test_checkpoints_hold_only_safetensors_and_json(finished_run):
     checkpoint = finished_run / "checkpoints" / "step-000004"
-    suffixes = {path.suffix for path in checkpoint.iterdir() if path.is_file()}
-    assert suffixes <= {".safetensors", ".json", ".txt"}, suffixes  # .txt: the tokenizer's vocabulary
+    files = [path for path in checkpoint.iterdir() if path.is_file()]
+    suffixes = {path.suffix for path in files}
+    assert suffixes <= {".safetensors", ".json", ".txt", ".py"}, suffixes  # .txt: the tokenizer's vocabulary
+    # .py: the model's own Hub remote code that every saved folder carries; resume builds the classes from the
+    # installed package and never imports these copies.
+    assert all(path.name.endswith("_magnet.py") for path in files if path.suffix == ".py")
 
 
 @pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])

@@ -219,6 +219,8 @@ def build_hub_folder(
     if (output_dir.exists() or output_dir.is_symlink()) and not overwrite:
         raise HubPublishError(f"{output_dir} already exists; pass --overwrite to replace it.")
     for name, source in (("--model", model_dir), ("--card", card_path)):
+        if source is None:  # no card: a basic one is written
+            continue
         if source.resolve() == output_dir.resolve() or source.resolve().is_relative_to(output_dir.resolve()):
             raise HubPublishError(f"--local-dir {output_dir} holds {name} {source}; replacing it would delete that input.")
     if not output_dir.parent.is_dir():
