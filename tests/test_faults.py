@@ -424,13 +424,13 @@ def test_out_of_disk_and_memory_end_with_their_own_status(capsys):
 
 
 def test_segment_checks_that_the_output_is_writable_before_running_the_model(model_folder, tmp_path, monkeypatch, capsys):
-    from magnet_hf import demo
+    from magnet_hf import atomic
     from magnet_hf.cli import main
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(demo.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(atomic.tempfile, "NamedTemporaryFile", refuse)
     ran = []
     from magnet_hf.pipeline_magnet import MagNetReferringSegmentationPipeline
 

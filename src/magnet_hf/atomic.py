@@ -89,6 +89,15 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
+def probe_writable(folder: str | os.PathLike, size: int = 4096) -> None:
+    """Writes, syncs and removes a small temporary file in `folder`, so that a read-only folder or a full disk shows
+    before a long computation rather than after it. Raises `OSError`."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".magnet-write-check-") as probe:
+        probe.write(b"x" * size)
+        probe.flush()
+        os.fsync(probe.fileno())
+
+
 def make_staging_directory(target: str | os.PathLike) -> Path:
     """An empty hidden folder beside `target` (same file system, so [`replace_directory`] can rename it)."""
     target = Path(target)
@@ -122,6 +131,7 @@ __all__ = [
     "default_directory_mode",
     "default_file_mode",
     "make_staging_directory",
+    "probe_writable",
     "replace_directory",
     "write_atomically",
     "write_text_atomically",

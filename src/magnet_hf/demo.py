@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,10 +164,9 @@ def prepare_output_folder(output: str | os.PathLike, file_names: list[str], over
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # A read-only folder or a full disk must show before the model runs, not after.
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".magnet-write-check-") as probe:
-            probe.write(b"x" * 4096)
-            probe.flush()
-            os.fsync(probe.fileno())
+        from .atomic import probe_writable
+
+        probe_writable(folder)
     except OSError as error:
         raise SegmentationCommandError(f"Cannot write to the output folder {folder}: {error.strerror}.") from None
     return folder

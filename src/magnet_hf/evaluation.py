@@ -16,15 +16,13 @@ Use [`evaluate_referring_segmentation`] from Python, or [`main`] (behind `script
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import functools
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -34,6 +32,10 @@ from .argtypes import non_negative_int, positive_int
 
 # torch and the metrics (which import torch) are imported where they are used, so that `evaluate --help` and
 # argument errors answer without loading torch.
+if TYPE_CHECKING:
+    import torch
+
+    from .metrics import ReferringSegmentationMetric
 
 logger = logging.getLogger(__name__)
 
@@ -404,11 +406,10 @@ def _check_writable_output(output: str) -> None:
     folder = Path(output).expanduser().absolute().parent
     if not folder.is_dir():
         raise EvaluationError(f"Folder of the output does not exist: {folder}")
+    from .atomic import probe_writable
+
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".magnet-write-check-") as probe:
-            probe.write(b"x" * 4096)
-            probe.flush()
-            os.fsync(probe.fileno())
+        probe_writable(folder)
     except OSError as error:
         raise EvaluationError(f"cannot write the output in {folder}: {error.strerror}.") from None
 
