@@ -1075,8 +1075,8 @@ class MagNetMaskedTokenPredictor(nn.Module):
     """
     The paper's Masked Token Predictor: a stack of transformers' `BertLayer`s over the concatenated language, visual
     and mask tokens, then BERT's own masked-LM head (`BertLMPredictionHead`) at the masked language positions. The
-    head's vocabulary projection is tied to the text encoder's word embeddings
-    (`MagNetForReferringSegmentation._tied_weights_keys`), so resizing the embeddings resizes it too.
+    head's vocabulary projection is the text encoder's word embedding matrix itself
+    (`MagNetForReferringSegmentation._tied_weights_keys`, as in `BertForMaskedLM`), stored once in checkpoints.
 
     Input: `tokens` `(batch, tokens, hidden)`, `token_mask` `(batch, tokens)` (1 = attend), `predict_positions`
     `(batch, words)` bool over the first `words` tokens. Output: logits `(num_positions, vocab_size)`.
