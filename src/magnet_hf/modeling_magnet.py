@@ -1320,11 +1320,12 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
                 # One sample with nothing to predict keeps every head parameter in the graph (a zero loss), as
                 # distributed data parallel wants the same parameters used in every process.
                 rows = torch.zeros(1, dtype=torch.long, device=masked_input_ids.device)
+            if rows.numel() < masked_input_ids.shape[0]:  # the whole batch needs no copy
+                pixel_values, masked_input_ids, attention_mask = pixel_values[rows], masked_input_ids[rows], attention_mask[rows]
+                labels, predict_positions, mlm_labels = labels[rows], predict_positions[rows], mlm_labels[rows]
             fused_features, language_features = self.model.encode(
-                pixel_values[rows], masked_input_ids[rows], attention_mask[rows], run_last_language_fusion=True
+                pixel_values, masked_input_ids, attention_mask, run_last_language_fusion=True
             )
-            attention_mask, labels = attention_mask[rows], labels[rows]
-            predict_positions, mlm_labels = predict_positions[rows], mlm_labels[rows]
         else:
             fused_features, language_features = masked_pass
         token_logits = self.mask_grounding(

@@ -59,10 +59,7 @@ def score_heldout(model_dir: Path, heldout: Any, batch_size: int = 32) -> dict[s
     model = MagNetForReferringSegmentation.from_pretrained(str(model_dir))
     processor = MagNetProcessor.from_pretrained(str(model_dir))
     metric = ReferringSegmentationMetric()
-    import torch
-
-    with torch.no_grad():
-        evaluate_referring_segmentation(model, processor, heldout, batch_size=batch_size, progress=False, metric=metric)
+    evaluate_referring_segmentation(model, processor, heldout, batch_size=batch_size, progress=False, metric=metric)
     return {
         "intersections": metric.intersections.tolist(),
         "unions": metric.unions.tolist(),
