@@ -59,6 +59,10 @@ def test_report_has_documented_keys_and_sane_values(tiny_report):
         assert result["peak_memory_bytes"] >= result["memory_before_forward_bytes"] * 0.9
         assert result["train_step_seconds_median"] > 0
         assert math.isfinite(result["train_loss"])
+        assert result["train_images_per_second"] == pytest.approx(result["batch_size"] / result["train_step_seconds_median"])
+        # forward + backward of every loss (Mask Grounding's second fused pass included) costs more than 2 forwards
+        assert 2 * result["model_flops"] < result["train_step_flops"] < 8 * result["model_flops"]
+        assert 0 < result["train_floor_fraction"] < 1.5
         assert result["bf16_mask_logits_max_abs_diff"] is None
     # Every operation acts per image, so the count scales with the batch; a tiny forward is ~0.6 GFLOP.
     one, two = configurations

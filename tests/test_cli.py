@@ -112,6 +112,18 @@ def test_segment_bad_models_fail_clearly(image_file, tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
+def test_segment_explains_a_folder_without_processor(model_folder, image_file, tmp_path, capsys):
+    bare = tmp_path / "converted"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((model_folder / name).read_bytes())
+    argv = ["segment", "--image", str(image_file), "--text", "the red circle", "--model", str(bare), "--output", str(tmp_path / "out")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "no processor" in error and "--tokenizer" in error
+    assert "huggingface.co" not in error and not (tmp_path / "out").exists()
+
+
 def test_segment_argument_errors_exit_non_zero(image_file, tmp_path, capsys):
     assert main(["segment", "--image", str(image_file), "--output", str(tmp_path)]) == 2  # no --text
     assert main(["segment", "--image", str(image_file), "--text", "  ", "--output", str(tmp_path)]) == 2
@@ -142,30 +154,79 @@ def test_demo_model_path_points_at_the_package_folder(tmp_path, monkeypatch):
     assert demo_module.DEMO_MODEL_DIR.name == "demo_model"
 
 
-def test_demo_writes_overlays_and_prints_the_iou_of_each_mask(model_folder, tmp_path, capsys):
+DEMO_ROW = re.compile(r"^(the .+?)\s+(attribute|relation|ordinal|superlative)\s+(\d\.\d{3})\s+(\d\.\d{3})$", flags=re.M)
+
+
+def test_demo_prints_iou_and_kind_of_every_expression_and_names_the_contact_sheet(model_folder, tmp_path, capsys):
+    from magnet_hf.data.synthetic import EXPRESSION_KINDS
+
     output = tmp_path / "demo"
-    assert main(["demo", "--model", str(model_folder), "--output", str(output), "--num-expressions", "3"]) == 0
+    assert main(["demo", "--model", str(model_folder), "--output", str(output), "--num-expressions", "6"]) == 0
     printed = capsys.readouterr().out
-    scene_file = re.search(r"Scene: (\S+)", printed).group(1)
-    scene_index = int(re.search(r"scene(\d+)\.png", scene_file).group(1))
-    scene = generate_scene(demo_module.DEMO_SCENE_SEED, scene_index, 128)
-    assert np.array_equal(np.asarray(Image.open(scene_file).convert("RGB")), np.asarray(scene.image))
-    rows = re.findall(r"^(the .+?)\s+(\d\.\d{3})\s+(\d\.\d{3})$", printed, flags=re.M)
-    assert len(rows) == 3
+    scene_files = re.search(r"^Scenes: (.+)$", printed, flags=re.M).group(1).split(", ")
+    scenes = {}
+    for scene_file in scene_files:
+        index = int(re.search(r"scene(\d+)\.png$", scene_file).group(1))
+        scenes[index] = generate_scene(demo_module.DEMO_SCENE_SEED, index, 128)
+        assert np.array_equal(np.asarray(Image.open(scene_file).convert("RGB")), np.asarray(scenes[index].image))
+    assert len(scenes) == 2
+    rows = DEMO_ROW.findall(printed)
+    assert len(rows) == 6 and {kind for _, kind, _, _ in rows} == set(EXPRESSION_KINDS)
     ious = []
-    for index, (expression, iou, _score) in enumerate(rows):
+    for expression, kind, iou, _score in rows:
+        masks = sorted(output.glob(f"scene*_??_{expression.replace(' ', '-')}_mask.png"))
+        assert masks, expression
+        mask_file = masks[0]
+        scene = scenes[int(re.match(r"scene(\d+)_", mask_file.name).group(1))]
         named = [i for i, texts in scene.expressions.items() if expression in texts]
-        assert len(named) == 1, f"{expression!r} names one object of the scene"
-        slug = expression.replace(" ", "-")
-        mask = np.asarray(Image.open(output / f"scene{scene_index:04d}_{index:02d}_{slug}_mask.png")) > 127
-        truth = scene.objects[named[0]].mask
+        assert len(named) == 1, f"{expression!r} names one object of its scene"
+        from magnet_hf.data.synthetic import expression_kind
+
+        assert expression_kind(expression) == kind
+        mask, truth = np.asarray(Image.open(mask_file)) > 127, scene.objects[named[0]].mask
         union = np.logical_or(mask, truth).sum()
         assert float(iou) == pytest.approx(np.logical_and(mask, truth).sum() / union if union else 0.0, abs=5e-4)
-        assert (output / f"scene{scene_index:04d}_{index:02d}_{slug}_overlay.png").is_file()
+        assert mask_file.with_name(mask_file.name.replace("_mask.png", "_overlay.png")).is_file()
         ious.append(float(iou))
-    mean = float(re.search(r"mean IoU\s+(\d\.\d{3})", printed).group(1))
+    mean = float(re.search(r"^mean IoU\s+(\d\.\d{3})$", printed, flags=re.M).group(1))
     assert mean == pytest.approx(np.mean(ious), abs=1e-3)
-    assert main(["demo", "--model", str(model_folder), "--output", str(output), "--num-expressions", "3"]) == 2
+    sheet = re.search(r"^Open the contact sheet: (\S+)$", printed, flags=re.M).group(1)
+    assert Image.open(sheet).size[0] > 3 * 384  # a grid of enlarged tiles, several per row
+
+
+def _folder_state(folder):
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.name != demo_module.DEMO_MANIFEST}
+
+
+def test_demo_reruns_in_its_own_folder_and_never_touches_other_files(model_folder, tmp_path, capsys):
+    output = tmp_path / "demo"
+    output.mkdir()
+    (output / "notes.txt").write_text("the user's own file")
+    argv = ["demo", "--model", str(model_folder), "--output", str(output)]
+    assert main(argv + ["--num-expressions", "6"]) == 0
+    first = _folder_state(output)
+    assert len(first) == 1 + 1 + 2 + 2 * 6  # notes, contact sheet, two scenes, a mask and an overlay per expression
+    assert main(argv + ["--num-expressions", "6"]) == 0  # the same run again replaces its own files
+    assert _folder_state(output) == first
+    # A smaller run replaces the earlier output: the files it does not write again are removed, notes.txt stays.
+    assert main(argv + ["--num-expressions", "4"]) == 0
+    second = _folder_state(output)
+    assert len(second) == 1 + 1 + 2 + 2 * 4 and second["notes.txt"] == b"the user's own file"
+    capsys.readouterr()
+
+    # Files of the same names that the demo did not write are refused, counted exactly, and left as they were.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name in sorted(second)[:3]:
+        if name != "notes.txt":
+            (foreign / name).write_text("not the demo's")
+    before = _folder_state(foreign)
+    assert main(["demo", "--model", str(model_folder), "--output", str(foreign), "--num-expressions", "4"]) == 2
+    error = capsys.readouterr().err
+    assert f"{len(before)} of the demo's {len(second) - 1} output files already exist" in error and "--overwrite" in error
+    assert _folder_state(foreign) == before
+    assert main(["demo", "--model", str(model_folder), "--output", str(foreign), "--num-expressions", "4", "--overwrite"]) == 0
+    assert _folder_state(foreign).keys() == second.keys() - {"notes.txt"}
 
 
 def test_wrapped_commands_hand_over_their_arguments(tmp_path, capsys):

@@ -165,3 +165,63 @@ def test_converted_folder_lacks_only_the_training_head_and_loads_without_warning
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert all(torch.isfinite(p).all() for p in model.mask_grounding.parameters())
     assert all(torch.equal(model.state_dict()[key], value) for key, value in saved.items())
+
+
+def _hub_cache_with(cache, repo_id, files):
+    # The layout huggingface_hub itself writes: refs/main names the snapshot that holds the files.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for source in files:
+        (snapshot / source.name).write_bytes(source.read_bytes())
+
+
+def test_cli_defaults_take_the_checkpoint_and_tokenizer_from_the_hub_cache_offline(official_fixtures, tokenizer_dir, tmp_path):
+    cache = tmp_path / "hub-cache"
+    _hub_cache_with(cache, "someone/magnet_weights", [fixture_checkpoint(official_fixtures)])
+    _hub_cache_with(cache, "bert-base-uncased", list(tokenizer_dir.iterdir()))
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPOSITORY, "src"), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "magnet_hf.cli", "convert", "--official-config", str(fixture_config(official_fixtures))]
+    result = subprocess.run(
+        command + ["--checkpoint", "someone/magnet_weights:official_state_dict.safetensors", "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"model.safetensors", "processor_config.json", "tokenizer_config.json", "README.md"} <= names
+    assert "official_state_dict.safetensors" in (tmp_path / "out" / "README.md").read_text()
+    from magnet_hf import MagNetProcessor
+
+    assert MagNetProcessor.from_pretrained(tmp_path / "out").tokenizer.vocab_size == len(
+        (tokenizer_dir / "vocab.txt").read_text().split()
+    )
+    missing = subprocess.run(
+        command + ["--checkpoint", "someone/other:magnet_refcoco.pth", "--output", str(tmp_path / "out2")],
+        capture_output=True, text=True, env=env,
+    )
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    assert "someone/other:magnet_refcoco.pth" in missing.stderr and "--checkpoint" in missing.stderr
+    assert not (tmp_path / "out2").exists()
+
+
+def test_missing_tokenizer_is_explained_with_the_flags_to_use(official_fixtures, tmp_path):
+    with pytest.raises(ConversionError, match="--tokenizer .*--no-processor"):
+        convert_official_checkpoint(
+            fixture_checkpoint(official_fixtures), tmp_path / "out", official_config=fixture_config(official_fixtures),
+            tokenizer=tmp_path / "no-such-tokenizer",
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_released_file_names_get_their_released_card(tmp_path):
+    from magnet_hf.conversion import converted_model_card
+    from magnet_hf.model_cards import RELEASED_CHECKPOINTS, released_checkpoint_card
+
+    released = RELEASED_CHECKPOINTS[0]
+    assert converted_model_card(tmp_path / released.weight_file) == released_checkpoint_card(released)
+    assert "AGPL-3.0" in converted_model_card(tmp_path / "my_weights.pth")
+    # A reduced architecture under a released name is not that checkpoint: its published numbers do not apply.
+    assert converted_model_card(tmp_path / released.weight_file, reduced_architecture=True) != released_checkpoint_card(released)

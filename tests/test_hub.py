@@ -102,8 +102,6 @@ def test_incomplete_model_folders_are_refused_before_anything_is_written(model_f
     (tmp_path / "no-weights" / "config.json").write_text((model_folder / "config.json").read_text())
     with pytest.raises(HubPublishError, match="no weights"):
         build_hub_folder(tmp_path / "no-weights", tmp_path / "out", card=card)
-    with pytest.raises(HubPublishError, match="no README.md"):
-        build_hub_folder(model_folder, tmp_path / "out")
     with pytest.raises(HubPublishError, match="card"):
         build_hub_folder(model_folder, tmp_path / "out", card=tmp_path / "missing.md")
     no_processor = tmp_path / "no-processor"
@@ -177,3 +175,47 @@ def test_command_line_local_dir_and_errors(model_folder, tmp_path, capsys):
     assert main(["--model", str(model_folder), "--repo", "a/b/c", "--local-dir", str(tmp_path / "other")]) == 2
     assert "not a Hub repository id" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_without_a_card_a_basic_one_is_written_with_the_training_metrics(model_folder, tmp_path, capsys):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from magnet_hf.hub import write_basic_card
+
+    trained = tmp_path / "trained"
+    shutil.copytree(model_folder, trained)
+    metrics = {"step": 60, "overall_iou": 0.4321, "mean_iou": 0.4, "precision@0.5": 0.375, "num_samples": 24}
+    (trained / "eval_results.json").write_text(
+        json.dumps({"final": metrics, "best": metrics, "eval_split": "val", "dataset": "synthetic"})
+    )
+    assert main(["--model", str(trained), "--repo", "me/magnet-trained", "--local-dir", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "basic model card with the metrics of eval_results.json" in printed and "--card" in printed
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-segmentation"
+    assert 'pipeline(model="me/magnet-trained", trust_remote_code=True)' in card.text
+    values = {(r.dataset_type, r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert values == {
+        ("synthetic", "val", "overall_iou"): 43.21,
+        ("synthetic", "val", "mean_iou"): 40.0,
+        ("synthetic", "val", "precision@0.5"): 37.5,
+    }
+    # A folder without evaluation results gets the card without a model-index.
+    (tmp_path / "plain").mkdir()
+    plain = ModelCard.load(write_basic_card(model_folder, tmp_path / "plain", "me/plain"))
+    assert plain.data.eval_results is None and "me/plain" in plain.text
+
+
+def test_publishing_prints_no_shard_bar_and_no_backend_warning(model_folder, tmp_path, capfd):
+    import logging
+
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process; an earlier test may have
+    card = str(model_folder.parent / "card.md")
+    argv = ["--model", str(model_folder), "--repo", "me/quiet", "--card", card, "--local-dir", str(tmp_path / "out")]
+    assert main(argv) == 0
+    captured = capfd.readouterr()
+    assert "nothing uploaded" in captured.out
+    assert "Writing model shards" not in captured.err and "Loading weights" not in captured.err
+    assert "torchvision backend" not in captured.err

@@ -93,11 +93,22 @@ def test_resize_token_embeddings_resizes_bert_and_the_mask_grounding_vocabulary(
     torch.manual_seed(0)
     model = MagNetForReferringSegmentation(MagNetConfig.from_preset("magnet-tiny")).train()
     old_vocab = model.config.text_config.vocab_size
+    head = model.mask_grounding.token_predictor.head
+    assert model.get_output_embeddings() is head.decoder
     old_embeddings = model.get_input_embeddings().weight.detach().clone()
+    with torch.no_grad():
+        head.bias.copy_(torch.linspace(-1, 1, old_vocab))
+    old_bias = head.bias.detach().clone()
     embeddings = model.resize_token_embeddings(old_vocab + 10)
     assert embeddings is model.model.text_encoder.embeddings.word_embeddings
     assert embeddings.weight.shape == (old_vocab + 10, 64) and model.config.text_config.vocab_size == old_vocab + 10
     assert torch.equal(embeddings.weight[:old_vocab], old_embeddings)
+    # The tied head follows: one weight matrix with the embeddings, and its bias resized with the old values kept.
+    head = model.mask_grounding.token_predictor.head
+    assert model.get_output_embeddings() is head.decoder and head.decoder.out_features == old_vocab + 10
+    assert head.decoder.weight is embeddings.weight
+    assert head.decoder.bias is head.bias and head.bias.shape == (old_vocab + 10,)
+    assert torch.equal(head.bias[:old_vocab], old_bias)
     inputs, labels = tiny_batch()
     new_id = old_vocab + 7  # a token only the resized vocabulary has
     out = model(**inputs, labels=labels, **masked_sentence(inputs["input_ids"], new_id))
@@ -108,6 +119,9 @@ def test_resize_token_embeddings_resizes_bert_and_the_mask_grounding_vocabulary(
     with pytest.raises(ValueError, match="mlm_labels"):
         model(**inputs, labels=labels, **masked_sentence(inputs["input_ids"], old_vocab + 10))
     model.resize_token_embeddings(old_vocab - 5)  # shrinking works the same way
+    head = model.mask_grounding.token_predictor.head
+    assert head.decoder.weight is model.get_input_embeddings().weight and head.bias.shape == (old_vocab - 5,)
+    assert torch.equal(head.bias, old_bias[: old_vocab - 5]) and head.decoder.bias is head.bias
     assert model.model(**inputs).pred_masks.shape == (2, 1, 32, 32)
     out = model(**inputs, labels=labels, **masked_sentence(inputs["input_ids"], old_vocab - 6))
     assert torch.isfinite(out.loss)

@@ -248,7 +248,7 @@ def test_half_precision_weights_keep_the_language_fusion_in_float32(dtype):
     # from_pretrained(dtype=half) keeps the language fusion in fp32 and runs the rest in half precision: the trained
     # demo model's masks on a synthetic scene then match its fp32 masks; a plain cast is refused with a clear error.
     from magnet_hf import MagNetProcessor
-    from magnet_hf.demo import demo_model_path, find_demo_scene, pick_demo_expressions
+    from magnet_hf.demo import demo_model_path, pick_demo_scenes
 
     folder = demo_model_path()
     reference = MagNetForReferringSegmentation.from_pretrained(folder).eval()
@@ -256,8 +256,8 @@ def test_half_precision_weights_keep_the_language_fusion_in_float32(dtype):
     assert {p.dtype for n, p in half.named_parameters() if "language_fusions" in n} == {torch.float32}
     assert half.model.pixel_decoder.mask_projection.weight.dtype == dtype
     processor = MagNetProcessor.from_pretrained(folder)
-    _, scene = find_demo_scene(1, 0, reference.config.image_size, 3)
-    texts = [text for _, text in pick_demo_expressions(scene, 3)]
+    ((_, scene, choice),) = pick_demo_scenes(1, 0, reference.config.image_size, 1, 3)
+    texts = [text for _, text, _ in choice]
     inputs = processor(images=[scene.image] * len(texts), text=texts, return_tensors="pt")
     with torch.no_grad():
         expected = reference(**inputs).pred_masks > 0

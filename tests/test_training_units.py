@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,21 +105,24 @@ def test_scheduler_follows_poly_per_step():
 
 
 class FakeAccelerator:
-    """What `save_checkpoint` uses of an Accelerator; `fail` makes `save_state` die half-way through."""
+    """What `save_checkpoint` uses of an Accelerator."""
 
     is_main_process = True
-
-    def __init__(self, fail: bool = False):
-        self.fail = fail
 
     def wait_for_everyone(self):
         pass
 
-    def save_state(self, folder, safe_serialization=True):
+
+def _state_writer(fail: bool = False):
+    """A training-state writer; `fail` makes it die half-way through, as a kill during a save would."""
+
+    def write(folder):
         (Path(folder) / "model.safetensors").write_bytes(b"half")
-        if self.fail:
+        if fail:
             raise KeyboardInterrupt("killed during save")
-        (Path(folder) / "optimizer.bin").write_bytes(b"complete")
+        (Path(folder) / "optimizer.json").write_bytes(b"complete")
+
+    return write
 
 
 def _extras(folder: Path) -> None:
@@ -127,21 +131,22 @@ def _extras(folder: Path) -> None:
 
 def test_checkpoints_are_atomic_rotated_and_latest_skips_incomplete(tmp_path):
     for step in (1, 2, 3):
-        save_checkpoint(FakeAccelerator(), tmp_path, step, {"global_step": step}, _extras, total_limit=2)
+        save_checkpoint(FakeAccelerator(), tmp_path, step, {"global_step": step}, _extras, _state_writer(), total_limit=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002", "step-000003"]
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(FakeAccelerator(fail=True), tmp_path, 4, {"global_step": 4}, _extras, total_limit=2)
-    # The interrupted save left only a hidden temporary folder, which is never resumed from.
+        save_checkpoint(FakeAccelerator(), tmp_path, 4, {"global_step": 4}, _extras, _state_writer(fail=True), total_limit=2)
+    # The failed save removed its temporary folder (a kill -9 would leave it hidden, never resumed from).
     assert latest_checkpoint(tmp_path).name == "step-000003"
-    assert (tmp_path / "checkpoints" / ".tmp-step-000004").is_dir()
+    assert not (tmp_path / "checkpoints" / ".tmp-step-000004").exists()
+    (tmp_path / "checkpoints" / ".tmp-step-000004").mkdir()
     # A folder with the right name but no trainer_state.json (e.g. copied by hand, half) is ignored too.
     (tmp_path / "checkpoints" / "step-000009").mkdir()
     assert latest_checkpoint(tmp_path).name == "step-000003"
-    save_checkpoint(FakeAccelerator(), tmp_path, 5, {"global_step": 5}, _extras, total_limit=2)
+    save_checkpoint(FakeAccelerator(), tmp_path, 5, {"global_step": 5}, _extras, _state_writer(), total_limit=2)
     assert not (tmp_path / "checkpoints" / ".tmp-step-000004").exists()  # cleaned by the next save
     latest = latest_checkpoint(tmp_path)
     assert latest.name == "step-000005" and json.loads((latest / "trainer_state.json").read_text()) == {"global_step": 5}
-    assert (latest / "optimizer.bin").read_bytes() == b"complete"
+    assert (latest / "optimizer.json").read_bytes() == b"complete"
 
 
 def test_save_pretrained_atomic_keeps_the_previous_folder_on_failure(tmp_path):
@@ -199,26 +204,66 @@ def test_cli_rejects_a_missing_dataset_folder(tmp_path, capsys):
     assert code == 2 and "not a save_to_disk folder" in capsys.readouterr().err
 
 
-def test_ablation_runs_every_variant_and_seed_and_prints_the_table(tmp_path, monkeypatch, capsys):
+def test_ablation_runs_every_variant_and_seed_and_reports_held_out_numbers(tmp_path, monkeypatch, capsys):
     from magnet_hf.training import ablation
 
+    variants = ablation.ablation_variants()
+    assert set(variants) == {"full", "no-mask-grounding", "no-alignment", "segmentation-only",
+                             "mask-grounding-shared", "corrected-language-masking"}  # fmt: skip
     calls = []
+    kinds = ["attribute", "relation", "ordinal", "superlative"] * 5
 
     def fake_train(args):
-        calls.append((Path(args.output_dir).name, args.seed, args.no_mask_grounding, args.no_alignment_loss, args.resume))
-        oiou = 0.5 - 0.1 * args.no_mask_grounding - 0.05 * args.no_alignment_loss + 0.01 * args.seed
+        calls.append((Path(args.output_dir).name, args.seed, dict(args.config_overrides), args.resume))
         Path(args.output_dir).mkdir(parents=True)
-        (Path(args.output_dir) / "eval_results.json").write_text(json.dumps({"best": {"overall_iou": oiou}}))
+        (Path(args.output_dir) / "eval_results.json").write_text("{}")
+        history = [{"step": s, "overall_iou": 0.1 * s + 0.01 * args.seed} for s in (1, 2)]
+        log = [{"step": 2, "seconds_per_step": 0.5 if args.config_overrides.get("use_mask_grounding", True) else 0.4}]
+        (Path(args.output_dir) / "trainer_state.json").write_text(json.dumps({"eval_history": history, "log_history": log}))
+
+    def fake_score(model_dir, heldout):
+        name = model_dir.name.rsplit("-seed", 1)[0]
+        hits = 6 if name == "full" else 4  # the full model finds 60 % of each target, the others 40 %
+        return {"intersections": [hits] * 20, "unions": [10] * 20, "kinds": kinds}
 
     monkeypatch.setattr(ablation, "train", fake_train)
-    argv = ["--dataset", "synthetic", "--preset", "magnet-tiny", "--output-dir", str(tmp_path), "--seeds", "0", "1"]
+    monkeypatch.setattr(ablation, "heldout_split", lambda run_dir, seed, num_images: (seed, num_images))
+    monkeypatch.setattr(ablation, "score_heldout", fake_score)
+    argv = ["--dataset", "synthetic", "--preset", "magnet-tiny", "--output-dir", str(tmp_path), "--seeds", "0", "1",
+            "--bootstrap", "200"]  # fmt: skip
     assert ablation.main(argv) == 0
-    table = capsys.readouterr().out
-    assert sorted(calls) == sorted(
-        (f"{name}-seed{seed}", seed, not mg, not align, None) for name, mg, align in ablation.VARIANTS for seed in (0, 1)
-    )
-    assert "| full | 50.00, 51.00 | 50.50 | 0.71 |" in table
-    assert "| segmentation-only | 35.00, 36.00 | 35.50 | 0.71 |" in table
+    report = capsys.readouterr().out
+    assert sorted(calls) == sorted((f"{name}-seed{seed}", seed, overrides, None) for name, overrides in variants.items() for seed in (0, 1))
+    assert "| full | 60.0, 60.0 | 60.0 ± 0.0 | – | 0.500 | 1.00 |" in report
+    assert "| no-mask-grounding | 40.0, 40.0 | 40.0 ± 0.0 | -20.0 [-20.0, -20.0] | 0.400 | 0.80 |" in report
+    assert "| full | 60.0 | 60.0 | 60.0 | 60.0 |" in report  # per kind
+    assert "| val oIoU | 10.5 | 20.5 |" in report  # the full model's curve, mean over seeds
+    assert (tmp_path / "ablation.md").read_text().strip() == report.split("\nreport written to")[0].strip()
     calls.clear()
     assert ablation.main(argv) == 0 and calls == []  # finished runs are read back, not retrained
     assert ablation.main([*argv, "--no-mask-grounding"]) == 2
+    assert ablation.main([*argv, "--heldout-seed", "0"]) == 2  # the training scenes' seed
+
+
+def test_ablation_bootstrap_intervals_are_paired_over_expressions():
+    from magnet_hf.training.ablation import summarise
+
+    rng = np.random.default_rng(0)
+    unions = rng.integers(50, 100, size=400)
+    full = (unions * rng.uniform(0.3, 0.9, size=400)).astype(int)
+    better = np.minimum(full + 5, unions)  # better on every expression, by little
+    noisy = (unions * rng.uniform(0.3, 0.9, size=400)).astype(int)  # as good on average, unrelated per expression
+    kinds = ["attribute", "relation"] * 200
+
+    def runs(intersections):
+        record = {"unions": unions.tolist(), "kinds": kinds, "seconds_per_step": [1.0]}
+        return [{**record, "intersections": intersections.tolist()}]
+
+    summary = summarise({"full": runs(full), "better": runs(better), "same": runs(full), "noisy": runs(noisy)}, 500)
+    low, high = summary["better"]["difference_ci95"]
+    assert 0 < low <= summary["better"]["difference"] <= high  # pairing makes a small consistent gain significant
+    assert summary["same"]["difference_ci95"] == [0.0, 0.0]
+    low, high = summary["noisy"]["difference_ci95"]
+    assert low < summary["noisy"]["difference"] < high and high - low > 0.01
+    expected = full[::2].sum() / unions[::2].sum()
+    assert summary["full"]["per_kind"]["attribute"] == pytest.approx(expected)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .argtypes import positive_int
@@ -69,6 +70,9 @@ CONFIGURATION_KEYS = (
     "train_step_seconds_median",  # forward + backward + AdamW step (None when not measured)
     "train_step_seconds_min",
     "train_loss",  # loss of the last training step, to show it stays finite
+    "train_images_per_second",  # batch size / median training step
+    "train_step_flops",  # FLOPs of one training forward + backward with every enabled loss (Mask Grounding included)
+    "train_floor_fraction",  # train_step_flops at the matmul rate / median training step
     "bf16_mask_logits_max_abs_diff",  # bfloat16 only: against fp32 on the same inputs
     "bf16_mask_iou",  # bfloat16 only: IoU of the thresholded (logit > 0) masks against fp32
     "load_average",  # 1-minute load average before and after, to spot a busy machine
@@ -386,6 +390,9 @@ def benchmark_configuration(
         "train_step_seconds_median": None,
         "train_step_seconds_min": None,
         "train_loss": None,
+        "train_images_per_second": None,
+        "train_step_flops": None,
+        "train_floor_fraction": None,
         "bf16_mask_logits_max_abs_diff": None,
         "bf16_mask_iou": None,
     }
@@ -401,24 +408,37 @@ def benchmark_configuration(
 
     del outputs, runner
     if settings.measures_training:
-        result.update(_benchmark_training(model, config, inputs, settings, device))
+        result.update(_benchmark_training(model, config, inputs, settings, device, matmul_gflops))
     result["load_average"] = [load_before, _load_average()]
     return result
 
 
-def _benchmark_training(model, config, inputs, settings: BenchmarkSettings, device: torch.device) -> dict[str, Any]:
-    """Times forward + backward + AdamW step on random 0/1 masks (one untimed step first)."""
+def _benchmark_training(
+    model, config, inputs, settings: BenchmarkSettings, device: torch.device, matmul_gflops: float
+) -> dict[str, Any]:
+    """Times forward + backward + AdamW step on random 0/1 masks with every training loss the config enables, Mask
+    Grounding included (tokens masked by the authors' rule), after one untimed step; then counts the step's FLOPs
+    (forward and backward) for its fraction of the compute floor."""
+    from .data.collate import mask_tokens
+    from torch.utils.flop_counter import FlopCounterMode
+
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     generator = torch.Generator().manual_seed(settings.seed + 1)
     batch_size = inputs["pixel_values"].shape[0]
     labels = (torch.rand(batch_size, config.image_size, config.image_size, generator=generator) > 0.5).float()
-    labels = labels.to(device)
+    masked_input_ids, mlm_labels = mask_tokens(
+        inputs["input_ids"].cpu(), inputs["attention_mask"].cpu(), mask_token_id=1, special_ids=[0],
+        generators=[np.random.default_rng([settings.seed, row]) for row in range(batch_size)],
+        ratio=config.mask_grounding_mask_probability, replace_prob=config.mask_grounding_replace_probability,
+    )  # fmt: skip
+    batch = {**inputs, "labels": labels.to(device), "masked_input_ids": masked_input_ids.to(device),
+             "mlm_labels": mlm_labels.to(device)}  # fmt: skip
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, settings.dtype):
-            loss = model(**inputs, labels=labels).loss
+            loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         return loss.item()
@@ -430,8 +450,20 @@ def _benchmark_training(model, config, inputs, settings: BenchmarkSettings, devi
         loss = step()
         _synchronize(device)
         times.append(time.perf_counter() - start)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(**batch).loss.backward()
     model.eval()
-    return {"train_step_seconds_median": statistics.median(times), "train_step_seconds_min": min(times), "train_loss": loss}
+    median = statistics.median(times)
+    train_flops = counter.get_total_flops()
+    return {
+        "train_step_seconds_median": median,
+        "train_step_seconds_min": min(times),
+        "train_loss": loss,
+        "train_images_per_second": batch_size / median,
+        "train_step_flops": train_flops,
+        "train_floor_fraction": train_flops / (matmul_gflops * 1e9) / median,
+    }
 
 
 def _run_isolated(settings: BenchmarkSettings, batch_size: int, matmul_gflops: float, flops_per_image: int | None):
@@ -516,7 +548,11 @@ def format_configuration(result: dict[str, Any]) -> str:
         f"{result['model_flops'] / 1e9:.1f} GFLOP, {result['floor_fraction']:.2f} of the compute floor"
     )
     if result.get("train_step_seconds_median") is not None:
-        line += f", train step {result['train_step_seconds_median']:.3f} s (loss {result['train_loss']:.3f})"
+        line += (
+            f", train step {result['train_step_seconds_median']:.3f} s ({result['train_images_per_second']:.2f} images/s, "
+            f"{result['train_step_flops'] / 1e9:.1f} GFLOP, {result['train_floor_fraction']:.2f} of the compute floor; "
+            f"loss {result['train_loss']:.3f})"
+        )
     if result.get("bf16_mask_logits_max_abs_diff") is not None:
         line += (
             f", bf16 vs fp32: max |mask logit diff| {result['bf16_mask_logits_max_abs_diff']:.3g}, "
@@ -535,16 +571,9 @@ def write_json(report: dict[str, Any], path: str | Path, overwrite: bool = False
         raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"The folder of {path} does not exist.")
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    from .atomic import write_text_atomically
+
+    return write_text_atomically(path, json.dumps(report, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------------------

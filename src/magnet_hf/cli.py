@@ -12,8 +12,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from . import exit_status
 from .argtypes import non_negative_int, positive_int, probability
-from .demo import DEMO_SCENE_SEED
+from .demo import DEMO_NUM_EXPRESSIONS, DEMO_NUM_SCENES, DEMO_SCENE_SEED
 
 #: Subcommands that hand their arguments to an existing command line: name -> (module, help).
 WRAPPED_COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,11 +23,14 @@ WRAPPED_COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("magnet_hf.data.cli", "build RefCOCO/RefCOCO+/RefCOCOg datasets (same options as scripts/prepare_refcoco.py)"),
 }
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = exit_status.BAD_INPUT
 
 
 def _expression(text: str) -> str:
-    if not text.strip():
+    import unicodedata
+
+    # Control and zero-width (format) characters alone tokenise to nothing, like whitespace.
+    if not any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf") for c in text):
         raise argparse.ArgumentTypeError("an expression must have words in it")
     return text
 
@@ -66,13 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute precision (reduced precision runs under autocast)",
     )
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    segment.add_argument("--verbose", action="store_true", help="show transformers' progress bars and warnings")
 
     demo = commands.add_parser(
         "demo",
-        help="offline demo: segment a synthetic scene with the embedded model and print the IoU of each expression",
-        description="Draw a synthetic scene of coloured shapes, segment a few of its expressions with the embedded "
-        "magnet-tiny (or --model), write the scene, masks and overlays, and print each mask's IoU against the "
-        "object the expression names. Needs no network.",
+        help="offline demo: segment synthetic scenes with the embedded model, print each expression's IoU and kind, "
+        "write a contact sheet",
+        description="Draw synthetic scenes of coloured shapes, segment expressions of every kind (attribute, relation, "
+        "ordinal, superlative) with the embedded magnet-tiny (or --model), print each mask's IoU against the object "
+        "the expression names, and write the scenes, masks, overlays and one contact sheet (captioned overlays with "
+        "the named object outlined). Needs no network. Re-running it in the same --output replaces its own earlier "
+        "files and leaves every other file alone.",
     )
     demo.add_argument("--output", default="magnet_demo", help="folder for the PNGs (default: ./magnet_demo)")
     demo.add_argument("--model", help="saved MagNet folder instead of the embedded demo model")
@@ -83,9 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"synthetic scene seed (default {DEMO_SCENE_SEED}: scenes the embedded model, trained on seed 0, never saw)",
     )
     demo.add_argument("--scene", type=non_negative_int, default=0, help="first scene index to try (default 0)")
-    demo.add_argument("--num-expressions", type=positive_int, default=4, help="expressions to segment (default 4)")
+    demo.add_argument(
+        "--scenes", type=positive_int, default=DEMO_NUM_SCENES, help=f"scenes to show (default {DEMO_NUM_SCENES})"
+    )
+    demo.add_argument(
+        "--num-expressions", type=positive_int, default=DEMO_NUM_EXPRESSIONS,
+        help=f"expressions in all, spread over the scenes, every kind among them (default {DEMO_NUM_EXPRESSIONS})",
+    )
     demo.add_argument("--device", help="cpu, cuda... (default: a GPU if there is one)")
-    demo.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    demo.add_argument("--overwrite", action="store_true", help="also replace files of the same names the demo did not write")
+    demo.add_argument("--verbose", action="store_true", help="show transformers' progress bars and warnings")
 
     for name, (_, help_text) in WRAPPED_COMMANDS.items():
         commands.add_parser(name, help=help_text, add_help=False)
@@ -99,7 +114,7 @@ def _segment(args: argparse.Namespace) -> int:
     image = load_image_as_rgb(args.image)  # a bad path or file fails here, before the model is loaded
     if args.model is None:
         print(f"Using {DEMO_MODEL_NOTE}; pass --model for a real checkpoint.")
-    segmenter = load_segmenter(args.model, device=args.device, dtype=args.dtype)
+    segmenter = load_segmenter(args.model, device=args.device, dtype=args.dtype, verbose=args.verbose)
     from pathlib import Path
 
     saved = segment_to_files(
@@ -123,23 +138,28 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_MODEL_NOTE, format_demo_table, run_demo
 
     print(f"Model: {DEMO_MODEL_NOTE if args.model is None else args.model}")
-    rows, scene_file = run_demo(
+    result = run_demo(
         args.output,
         model=args.model,
         seed=args.seed,
         scene_index=args.scene,
+        num_scenes=args.scenes,
         num_expressions=args.num_expressions,
         overwrite=args.overwrite,
         device=args.device,
+        verbose=args.verbose,
     )
-    print(f"Scene: {scene_file}")
-    print(format_demo_table(rows))
-    print(f"Masks and overlays written to {scene_file.parent}")
+    print("Scenes: " + ", ".join(str(path) for path in result.scene_files))
+    print(format_demo_table(result.rows))
+    print(f"Masks and overlays written to {result.contact_sheet.parent}")
+    print(f"Open the contact sheet: {result.contact_sheet}")
     return 0
 
 
+@exit_status.guard_resources
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs `magnet-hf`; returns the exit status (0 success, 2 bad input or arguments)."""
+    """Runs `magnet-hf`; returns the exit status (`magnet_hf.exit_status`: 0 success, 2 bad input or arguments,
+    3 upload failed, 4 training diverged, 5 out of memory or disk)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in WRAPPED_COMMANDS:
         module = importlib.import_module(WRAPPED_COMMANDS[argv[0]][0])
@@ -154,14 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .demo import DemoModelMissingError, SegmentationCommandError
     from .image_processing_magnet import MagNetImageError
 
+    from .progress import command_progress
+
     try:
-        return _segment(args) if args.command == "segment" else _demo(args)
+        with command_progress(args.verbose):
+            return _segment(args) if args.command == "segment" else _demo(args)
     except (SegmentationCommandError, DemoModelMissingError, MagNetImageError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        exit_status.error(error)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

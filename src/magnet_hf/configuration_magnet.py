@@ -8,6 +8,11 @@ import math
 from transformers import BertConfig, PreTrainedConfig
 
 
+#: `separate`: segmentation on the unmasked sentence plus a second fused pass on the masked one; `shared`: one pass
+#: on the masked sentence serves both.
+MASK_GROUNDING_MODES = ("separate", "shared")
+
+
 class MagNetConfig(PreTrainedConfig):
     r"""
     Configuration of a MagNet referring-segmentation model ("Mask Grounding for Referring Image Segmentation",
@@ -80,12 +85,31 @@ class MagNetConfig(PreTrainedConfig):
             Weight of the Mask Grounding cross-entropy. It starts near ln(vocabulary size) (about 10 for BERT), the
             size of one deeply supervised prediction's weighted segmentation loss, so 1.0 makes it roughly a tenth of
             the segmentation signal (ten predictions) instead of drowning it or vanishing.
+        mask_grounding_mode (`str`, *optional*, defaults to `"separate"`):
+            How the masked sentence reaches the two-stream fused encoder. `"separate"`: segmentation reads the
+            unmasked sentence and a second fused pass (image and language streams with all fusions, no decoders)
+            reads the masked one. `"shared"`: one forward on the masked sentence serves segmentation and Mask
+            Grounding (OVR-CNN's way; inference always reads the unmasked sentence). Either way Mask Grounding never
+            sees an original word at a masked position.
+        mask_grounding_visual_stride (`int`, *optional*, defaults to 16):
+            Stride (4, 8, 16 or 32) of the fused stage map whose pixels are the visual tokens, and the grid of the
+            mask tokens: 16 gives 8x8 tokens at 128x128 and 30x30 at 480x480.
+        mask_grounding_mask_probability (`float`, *optional*, defaults to 0.15):
+            Each non-special token of a training sentence is chosen for Mask Grounding independently with this
+            probability (OVR-CNN's rule, which the authors point to); a sentence that draws none adds no loss.
+        mask_grounding_replace_probability (`float`, *optional*, defaults to 0.9):
+            A chosen token becomes [MASK] with this probability and keeps its id otherwise.
         mask_grounding_hidden_size (`int`, *optional*, defaults to 256):
             Width of the Masked Token Predictor (a multiple of 4: the sine position encoding splits it in four).
         mask_grounding_layers (`int`, *optional*, defaults to 2):
-            Transformer layers of the Masked Token Predictor.
+            BERT layers of the Masked Token Predictor.
         mask_grounding_num_heads (`int`, *optional*, defaults to 8):
             Attention heads of the Masked Token Predictor.
+        mask_grounding_intermediate_size (`int`, *optional*):
+            Feed-forward width of the Masked Token Predictor's BERT layers; defaults to 4x its hidden size.
+        tie_word_embeddings (`bool`, *optional*, defaults to `True`):
+            Tie the Masked Token Predictor's vocabulary projection to the text encoder's word embeddings, as
+            `BertForMaskedLM` does.
         use_alignment_loss (`bool`, *optional*, defaults to `True`):
             Add the cross-modal alignment loss (pixel-to-text and pixel-to-pixel contrastive terms) when `labels`
             are given.
@@ -135,9 +159,15 @@ class MagNetConfig(PreTrainedConfig):
         class_loss_weight: float = 2.0,
         use_mask_grounding: bool = True,
         mask_grounding_loss_weight: float = 1.0,
+        mask_grounding_mode: str = "separate",
+        mask_grounding_visual_stride: int = 16,
+        mask_grounding_mask_probability: float = 0.15,
+        mask_grounding_replace_probability: float = 0.9,
         mask_grounding_hidden_size: int = 256,
         mask_grounding_layers: int = 2,
         mask_grounding_num_heads: int = 8,
+        mask_grounding_intermediate_size: int | None = None,
+        tie_word_embeddings: bool = True,
         use_alignment_loss: bool = True,
         pixel_text_loss_weight: float = 1.0,
         pixel_pixel_loss_weight: float = 1.0,
@@ -181,10 +211,18 @@ class MagNetConfig(PreTrainedConfig):
         self.class_loss_weight = class_loss_weight
         self.use_mask_grounding = use_mask_grounding
         self.mask_grounding_loss_weight = mask_grounding_loss_weight
+        self.mask_grounding_mode = mask_grounding_mode
+        self.mask_grounding_visual_stride = mask_grounding_visual_stride
+        self.mask_grounding_mask_probability = mask_grounding_mask_probability
+        self.mask_grounding_replace_probability = mask_grounding_replace_probability
         self.mask_grounding_hidden_size = mask_grounding_hidden_size
         self.mask_grounding_layers = mask_grounding_layers
         self.mask_grounding_num_heads = mask_grounding_num_heads
+        self.mask_grounding_intermediate_size = (
+            4 * mask_grounding_hidden_size if mask_grounding_intermediate_size is None else mask_grounding_intermediate_size
+        )
         self.use_alignment_loss = use_alignment_loss
+        self.tie_word_embeddings = tie_word_embeddings
         self.pixel_text_loss_weight = pixel_text_loss_weight
         self.pixel_pixel_loss_weight = pixel_pixel_loss_weight
         self.pixel_text_temperature = pixel_text_temperature
@@ -192,6 +230,16 @@ class MagNetConfig(PreTrainedConfig):
         self.alignment_max_pixels = alignment_max_pixels
         super().__init__(**kwargs)
         self._check_architecture()
+
+    @property
+    def mask_grounding_strides(self) -> tuple[int, ...]:
+        """Strides of the four fused stage maps (4, 8, 16, 32 with patch size 4)."""
+        return tuple(self.patch_size * 2**i for i in range(len(self.depths)))
+
+    @property
+    def mask_grounding_stage(self) -> int:
+        """Index of the fused stage map that gives Mask Grounding its visual tokens."""
+        return self.mask_grounding_strides.index(self.mask_grounding_visual_stride)
 
     @property
     def stage_dims(self) -> list[int]:
@@ -213,7 +261,8 @@ class MagNetConfig(PreTrainedConfig):
             "image_size", "num_channels", "patch_size", "embed_dim", "window_size", "decoder_hidden_size",
             "pixel_decoder_layers", "pixel_decoder_num_heads", "pixel_decoder_num_points",
             "pixel_decoder_feedforward_size", "decoder_layers", "decoder_num_heads", "decoder_feedforward_size",
-            "mask_grounding_hidden_size", "mask_grounding_layers", "mask_grounding_num_heads", "alignment_max_pixels",
+            "mask_grounding_hidden_size", "mask_grounding_layers", "mask_grounding_num_heads",
+            "mask_grounding_intermediate_size", "alignment_max_pixels",
         ):
             positive_int(field)
         for field in ("depths", "num_heads", "text_stage_end_layers"):
@@ -251,6 +300,11 @@ class MagNetConfig(PreTrainedConfig):
                 fail(field, f"{getattr(self, field)} heads do not divide decoder_hidden_size {hidden}.")
         if self.num_queries != 1:
             fail("num_queries", f"MagNet predicts one mask per expression; only 1 is supported, got {self.num_queries}.")
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "max_position_embeddings"):
+            value = getattr(self.text_config, field, None)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail("text_config", f"{field} must be a positive integer, got {value!r}.")
         text_hidden, text_heads = self.text_config.hidden_size, self.text_config.num_attention_heads
         if text_hidden % text_heads:
             fail("text_config", f"hidden_size {text_hidden} is not divisible by num_attention_heads {text_heads}.")
@@ -283,6 +337,18 @@ class MagNetConfig(PreTrainedConfig):
                 "mask_grounding_num_heads",
                 f"{self.mask_grounding_num_heads} heads do not divide mask_grounding_hidden_size {grounding_width}.",
             )
+        if self.mask_grounding_mode not in MASK_GROUNDING_MODES:
+            fail("mask_grounding_mode", f"must be one of {MASK_GROUNDING_MODES}, got {self.mask_grounding_mode!r}.")
+        strides = self.mask_grounding_strides
+        if self.mask_grounding_visual_stride not in strides:
+            fail(
+                "mask_grounding_visual_stride",
+                f"must be the stride of a fused stage map, one of {strides}, got {self.mask_grounding_visual_stride!r}.",
+            )
+        for field in ("mask_grounding_mask_probability", "mask_grounding_replace_probability"):
+            value = getattr(self, field)
+            if not (is_number(value) and 0.0 <= value <= 1.0):
+                fail(field, f"must be a probability in [0, 1], got {value!r}.")
         if self.alignment_max_pixels < 3:
             fail(
                 "alignment_max_pixels",

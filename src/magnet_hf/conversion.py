@@ -9,17 +9,29 @@ a report of its missing, unexpected and mis-shaped keys, and nothing is written.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import BertConfig
-
+from . import exit_status
 from .atomic import replace_directory
-from .configuration_magnet import MagNetConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from .configuration_magnet import MagNetConfig
+
+# torch, transformers and the model are imported inside the functions, so that `convert --help` and argument errors
+# answer without loading them.
+
+#: Tokenizer of the released weights (their language stream is BERT-base, uncased); taken from the Hub cache.
+DEFAULT_TOKENIZER = "bert-base-uncased"
+# "owner/name:path/in/repo.pth" (optionally "@revision" after the name): a file of a Hub model repository.
+_HUB_FILE_REFERENCE = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?:(?P<filename>[^:]+)$")
 
 
 class ConversionError(ValueError):
@@ -258,24 +270,35 @@ MAGNET_BASE_BUILD_ARGUMENTS = {
 
 def config_from_official(build_arguments: dict, max_position_embeddings: int = 512, image_size: int = 480) -> MagNetConfig:
     """A [`MagNetConfig`] from the released builder's arguments (schema of `official_config.json`)."""
+    from transformers import BertConfig
+
+    from .configuration_magnet import MagNetConfig
+
     missing = [key for key in OFFICIAL_BUILD_KEYS if key not in build_arguments]
     if missing:
         raise ConversionError(f"official_build_arguments lacks {missing}.")
+    bad = {
+        key: build_arguments[key] for key in OFFICIAL_BUILD_KEYS
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                   for v in (build_arguments[key] if isinstance(build_arguments[key], list) else [build_arguments[key]]))
+    }
+    if bad:
+        raise ConversionError(f"official_build_arguments must be positive integers; got {bad}.")
     layers = build_arguments["bert_layers"]
     if layers % 4:
         raise ConversionError(f"bert_layers={layers} cannot be cut into four equal fusion stages.")
     if build_arguments["dec_layers"] < 2:
         raise ConversionError("dec_layers must be at least 2 (the released builder makes dec_layers - 1 layers).")
-    text_config = BertConfig(
-        vocab_size=build_arguments["vocab"],
-        hidden_size=build_arguments["text_dim"],
-        num_hidden_layers=layers,
-        num_attention_heads=build_arguments["bert_heads"],
-        intermediate_size=build_arguments["bert_inter"],
-        max_position_embeddings=max_position_embeddings,
-        layer_norm_eps=1e-12,
-    )
     try:
+        text_config = BertConfig(
+            vocab_size=build_arguments["vocab"],
+            hidden_size=build_arguments["text_dim"],
+            num_hidden_layers=layers,
+            num_attention_heads=build_arguments["bert_heads"],
+            intermediate_size=build_arguments["bert_inter"],
+            max_position_embeddings=max_position_embeddings,
+            layer_norm_eps=1e-12,
+        )
         return MagNetConfig(
             text_config=text_config,
             image_size=image_size,
@@ -292,8 +315,8 @@ def config_from_official(build_arguments: dict, max_position_embeddings: int = 5
             decoder_num_heads=build_arguments["nheads"],
             decoder_feedforward_size=build_arguments["ffn"],
         )
-    except (ValueError, TypeError) as error:
-        raise ConversionError(f"The official build arguments describe an impossible model: {error}") from error
+    except Exception as error:  # transformers' strict config dataclasses raise their own types too
+        raise ConversionError(f"The official build arguments describe an impossible model: {error}") from None
 
 
 def read_official_config(path: str | Path | None) -> dict:
@@ -314,6 +337,8 @@ def read_official_config(path: str | Path | None) -> dict:
 
 def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Reads a released `.pth` (weights under `"model"`, loaded with `weights_only=True`) or a `.safetensors` file."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"Checkpoint {path} does not exist or is not a file.")
@@ -339,6 +364,36 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return content
 
 
+def _check_weight_values(state_dict: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source) -> None:
+    """Refuses NaN/inf weights and integer tensors where the model has floating-point ones: `load_state_dict` would
+    cast them silently, giving a model that loads and predicts nonsense."""
+    import torch
+
+    not_float = sorted(
+        key for key, value in state_dict.items()
+        if key in reference and reference[key].is_floating_point() and not value.is_floating_point()
+    )
+    if not_float:
+        raise ConversionError(
+            f"{source}: {len(not_float)} weight(s) are stored as integers where the model has floating-point "
+            f"parameters (first: {not_float[:3]}, {state_dict[not_float[0]].dtype}); this is not a trained checkpoint."
+        )
+    non_finite = sorted(
+        key for key, value in state_dict.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    )
+    if non_finite:
+        raise ConversionError(f"{source}: {len(non_finite)} weight(s) hold NaN or infinite values (first: {non_finite[:3]}).")
+
+
+def _inputs_inside(output_dir: Path, inputs: dict[str, Any]) -> list[str]:
+    target = output_dir.resolve()
+    return [
+        flag for flag, value in inputs.items()
+        if value is not None and Path(value).exists()
+        and (Path(value).resolve() == target or Path(value).resolve().is_relative_to(target))
+    ]
+
+
 def convert_official_checkpoint(
     checkpoint: str | Path,
     output_dir: str | Path,
@@ -351,20 +406,28 @@ def convert_official_checkpoint(
     `tokenizer` folder or Hub id is given). The folder is written next to `output_dir` and renamed into place only
     when complete; an existing `output_dir` is refused unless `overwrite`. Returns the output path.
     """
+    import torch
+
     from .modeling_magnet import MagNetForReferringSegmentation
 
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
+    if (output_dir.exists() or output_dir.is_symlink()) and not overwrite:
         raise ConversionError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it.")
-    official = load_official_checkpoint(checkpoint)
+    inside = _inputs_inside(output_dir, {"--checkpoint": checkpoint, "--official-config": official_config, "--tokenizer": tokenizer})
+    if inside:
+        raise ConversionError(f"--output {output_dir} holds the input of {' and '.join(inside)}; replacing it would delete that input.")
+    checkpoint_file = resolve_checkpoint(checkpoint)
+    official = load_official_checkpoint(checkpoint_file)
     build_arguments = read_official_config(official_config)
     position_table = official.get("language_model.embeddings.position_embeddings.weight")
     config = config_from_official(
         build_arguments, max_position_embeddings=position_table.shape[0] if position_table is not None else 512
     )
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in MagNetForReferringSegmentation(config).state_dict().items()}
+        reference = MagNetForReferringSegmentation(config).state_dict()
+    expected = {k: tuple(v.shape) for k, v in reference.items()}
     state_dict = convert_state_dict(official, expected, num_stages=len(config.depths))
+    _check_weight_values(state_dict, reference, checkpoint)
 
     processor = _build_processor(tokenizer, config) if tokenizer is not None else None
     model = MagNetForReferringSegmentation(config)
@@ -380,11 +443,54 @@ def convert_official_checkpoint(
         model.save_pretrained(staging, state_dict=released)
         if processor is not None:
             processor.save_pretrained(staging)
+        (staging / "README.md").write_text(converted_model_card(checkpoint_file, official_config is not None))
         replace_directory(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """
+    The local file of `checkpoint`: a path, or a Hub file reference `owner/name:file` (`owner/name@revision:file`),
+    e.g. `yxchng/magnet_weights:magnet_refcoco.pth`, downloaded with `huggingface_hub` into its cache (offline, the
+    cached copy is used).
+    """
+    path = Path(checkpoint).expanduser()
+    match = _HUB_FILE_REFERENCE.match(str(checkpoint))
+    if path.exists() or match is None:
+        return path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(match["repo"], match["filename"], revision=match["revision"]))
+    except LocalEntryNotFoundError:
+        raise ConversionError(
+            f"{checkpoint} is neither a local file nor in the Hub cache, and the Hub cannot be reached; download "
+            f"{match['filename']} and pass its path to --checkpoint."
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        raise ConversionError(f"Could not download {checkpoint} from the Hub: {str(error).splitlines()[0]}") from None
+
+
+def converted_model_card(checkpoint_file: Path, reduced_architecture: bool = False) -> str:
+    """The card of a converted folder: the released checkpoint's own card when the file is one of the release's,
+    otherwise a short card naming the source file and the licence of the released weights."""
+    from .model_cards import RELEASED_CHECKPOINTS, released_checkpoint_card
+
+    for released in RELEASED_CHECKPOINTS:
+        if checkpoint_file.name == released.weight_file and not reduced_architecture:
+            return released_checkpoint_card(released)
+    return (
+        "---\nlibrary_name: transformers\npipeline_tag: image-segmentation\ntags:\n- referring-image-segmentation\n"
+        "- magnet\n---\n\n"
+        f"# MagNet converted from `{checkpoint_file.name}`\n\n"
+        "MagNet (Mask Grounding for Referring Image Segmentation, CVPR 2024) converted to a transformers folder by "
+        "`magnet-hf convert`. Weights converted from the released checkpoints keep the licence under which they were "
+        "published (the release is AGPL-3.0).\n"
+    )
 
 
 def _build_processor(tokenizer: str | Path, config: MagNetConfig):
@@ -396,7 +502,11 @@ def _build_processor(tokenizer: str | Path, config: MagNetConfig):
     try:
         loaded = BertTokenizer.from_pretrained(str(tokenizer))  # MagNet's language stream is always BERT
     except Exception as error:
-        raise ConversionError(f"Could not load the tokenizer {tokenizer!r}: {error}") from error
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConversionError(
+            f"Could not load the tokenizer {str(tokenizer)!r} ({first_line}). Offline, it must be in the Hub cache; "
+            "otherwise pass --tokenizer with a local BERT tokenizer folder, or --no-processor to write the model only."
+        ) from None
     # The PIL backend is the released evaluation transform, bit for bit; the processor saves it as its backend.
     image_processor = MagNetImageProcessorPil(size={"height": config.image_size, "width": config.image_size})
     return MagNetProcessor(image_processor=image_processor, tokenizer=loaded)
@@ -409,36 +519,50 @@ def build_argument_parser(prog: str | None = None):
         prog=prog,
         description="Convert a released MagNet checkpoint into a magnet_hf (transformers) folder.",
     )
-    parser.add_argument("--checkpoint", required=True, help="released .pth (weights under 'model') or .safetensors")
+    parser.add_argument(
+        "--checkpoint", required=True,
+        help="released .pth (weights under 'model') or .safetensors, or a Hub file reference "
+        "such as yxchng/magnet_weights:magnet_refcoco.pth (downloaded into the Hub cache)",
+    )
     parser.add_argument(
         "--official-config",
         help="JSON whose 'official_build_arguments' describe a reduced architecture (default: MagNet-B)",
     )
-    parser.add_argument(
-        "--tokenizer", help="BERT tokenizer folder or Hub id (bert-base-uncased for the released weights)"
+    tokenizer = parser.add_mutually_exclusive_group()
+    tokenizer.add_argument(
+        "--tokenizer", default=DEFAULT_TOKENIZER,
+        help=f"BERT tokenizer folder or Hub id for the processor (default {DEFAULT_TOKENIZER}, the released weights' "
+        "tokenizer, from the Hub cache)",
     )
+    tokenizer.add_argument("--no-processor", action="store_true", help="write the model only, without a processor")
     parser.add_argument("--output", required=True, help="folder to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--verbose", action="store_true", help="show every progress bar of transformers")
     return parser
 
 
+@exit_status.guard_resources
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Command-line entry point; returns the process exit code (2 for a conversion error)."""
-    import sys
+    """Command-line entry point; returns the process exit code (`exit_status`: 2 for a conversion error)."""
+    from .progress import command_progress
 
     arguments = build_argument_parser(prog).parse_args(argv)
     try:
-        output = convert_official_checkpoint(
-            arguments.checkpoint,
-            arguments.output,
-            official_config=arguments.official_config,
-            tokenizer=arguments.tokenizer,
-            overwrite=arguments.overwrite,
-        )
+        with command_progress(arguments.verbose):
+            output = convert_official_checkpoint(
+                arguments.checkpoint,
+                arguments.output,
+                official_config=arguments.official_config,
+                tokenizer=None if arguments.no_processor else arguments.tokenizer,
+                overwrite=arguments.overwrite,
+            )
     except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        exit_status.error(error)
+        return exit_status.BAD_INPUT
     print(f"Converted {arguments.checkpoint} -> {output}")
-    if arguments.tokenizer is None:
-        print("No --tokenizer given: the folder holds the model only; add a processor before using pipelines.")
+    if arguments.no_processor:
+        print(
+            "--no-processor: the folder holds the model only; convert again with --tokenizer (or save a "
+            "MagNetProcessor into it) before using pipelines or `magnet-hf segment`."
+        )
     return 0

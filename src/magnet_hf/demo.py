@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,9 @@ def _looks_like_a_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
-def load_segmenter(model: str | os.PathLike | None = None, device: str | None = None, dtype: Any = None):
+def load_segmenter(
+    model: str | os.PathLike | None = None, device: str | None = None, dtype: Any = None, verbose: bool = False
+):
     """
     A `referring-image-segmentation` pipeline over a saved MagNet folder (or Hub id), or over the embedded demo model
     when `model` is `None`.
@@ -68,6 +69,7 @@ def load_segmenter(model: str | os.PathLike | None = None, device: str | None = 
         model: folder holding the model and its processor, or a Hub id; `None` for the embedded demo model.
         device: `"cpu"`, `"cuda"`, `"cuda:1"`...; `None` picks the first GPU when there is one.
         dtype: compute precision (`torch.bfloat16` / `"bfloat16"` run under autocast); `None` for fp32.
+        verbose: keep transformers' loading warnings and progress bars (silenced by default).
 
     Raises:
         SegmentationCommandError: the folder does not exist, is not a MagNet folder, lacks weights or a processor.
@@ -78,7 +80,6 @@ def load_segmenter(model: str | os.PathLike | None = None, device: str | None = 
 
     from .modeling_magnet import MagNetModel
     from .pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
-    from .processing_magnet import MagNetProcessor
 
     source = str(demo_model_path() if model is None else model)
     path = Path(source).expanduser()
@@ -87,19 +88,29 @@ def load_segmenter(model: str | os.PathLike | None = None, device: str | None = 
             raise SegmentationCommandError(f"--model {source!r} is a file; give the folder a model was saved to.")
         if not (path / "config.json").is_file():
             raise SegmentationCommandError(f"--model {source!r} is not a saved model folder (it has no config.json).")
+        if not any((path / name).is_file() for name in ("processor_config.json", "tokenizer_config.json", "vocab.txt")):
+            raise SegmentationCommandError(
+                f"--model {source!r} holds a model but no processor (no processor_config.json or tokenizer files). "
+                "Convert it again without --no-processor (`magnet-hf convert` writes one; --tokenizer picks the "
+                "tokenizer), or save a MagNetProcessor into the folder."
+            )
         source = str(path)
     elif _looks_like_a_path(source):
         raise SegmentationCommandError(f"Model folder {source!r} does not exist.")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()  # training-only heads of full checkpoints are expected to go unused
-    transformers_logging.disable_progress_bar()
+    if not verbose:
+        transformers_logging.set_verbosity_error()  # training-only heads of full checkpoints are expected to go unused
+        transformers_logging.disable_progress_bar()
+    from .model_folder import ModelFolderError, check_loading_info, load_pretrained, load_processor
+
     try:
-        network, info = MagNetModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
-        processor = MagNetProcessor.from_pretrained(source)
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise SegmentationCommandError(f"Could not load a MagNet model and processor from {source!r}: {error}") from None
+        network, info = load_pretrained(MagNetModel, source, dtype=torch.float32)
+        check_loading_info(source, {"mismatched_keys": info.get("mismatched_keys")})
+        processor = load_processor(source)
+    except ModelFolderError as error:
+        raise SegmentationCommandError(str(error)) from None
     finally:
         transformers_logging.set_verbosity(verbosity)
         if progress_bars:
@@ -144,7 +155,7 @@ def prepare_output_folder(output: str | os.PathLike, file_names: list[str], over
     folder = Path(output).expanduser()
     if folder.exists() and not folder.is_dir():
         raise SegmentationCommandError(f"--output {str(output)!r} is a file; give a folder.")
-    existing = [name for name in file_names if (folder / name).exists()]
+    existing = [name for name in file_names if (folder / name).exists() or (folder / name).is_symlink()]
     if existing and not overwrite:
         raise SegmentationCommandError(
             f"{len(existing)} output file(s) already exist in {folder} (e.g. {existing[0]}); pass --overwrite to "
@@ -152,22 +163,21 @@ def prepare_output_folder(output: str | os.PathLike, file_names: list[str], over
         )
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        # A read-only folder or a full disk must show before the model runs, not after.
+        from .atomic import probe_writable
+
+        probe_writable(folder)
     except OSError as error:
-        raise SegmentationCommandError(f"Cannot create the output folder {folder}: {error.strerror}.") from None
+        raise SegmentationCommandError(f"Cannot write to the output folder {folder}: {error.strerror}.") from None
     return folder
 
 
 def save_png_atomically(image: Image.Image, path: Path) -> Path:
-    """Writes `image` as PNG through a temporary sibling renamed into place, so no half-written file is ever left."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        image.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Writes `image` as PNG through a temporary sibling renamed into place, so no half-written file is ever left;
+    the file gets the umask's mode."""
+    from .atomic import write_atomically
+
+    return write_atomically(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 @dataclass
@@ -208,8 +218,8 @@ def segment_to_files(
     results = segmenter(rgb, text=expressions, batch_size=batch_size)
     saved = []
     for (mask_name, overlay_name), result in zip(names, results):
-        mask = np.asarray(result["mask"]) > 127
         mask_file = save_png_atomically(result["mask"], folder / mask_name)
+        mask = np.asarray(result.pop("mask")) > 127  # the PIL copy goes: masks of a big image are 100 MB each
         overlay_file = save_png_atomically(
             overlay_mask(rgb, mask, f"{result['label']} ({result['score']:.2f})", scale=overlay_scale),
             folder / overlay_name,
@@ -220,12 +230,23 @@ def segment_to_files(
 
 # ---------------------------------------------------------------------------------------------------- demo
 
+#: The demo's record of the files it wrote in its output folder: on a re-run it replaces those and nothing else.
+DEMO_MANIFEST = ".magnet-demo.json"
+CONTACT_SHEET = "contact_sheet.png"
+DEMO_NUM_SCENES = 2
+DEMO_NUM_EXPRESSIONS = 8
+# IoU from which a tile's caption counts the mask as right (green) rather than wrong (red).
+_RIGHT_IOU = 0.5
+_RIGHT_COLOUR, _WRONG_COLOUR = (120, 230, 120), (255, 130, 120)
+
 
 @dataclass
 class DemoRow:
     """One demo expression: its prediction against the known mask of the object it names."""
 
     expression: str
+    kind: str
+    scene_index: int
     intersection: int
     union: int
     score: float
@@ -237,29 +258,146 @@ class DemoRow:
         return self.intersection / self.union if self.union else 0.0
 
 
-def pick_demo_expressions(scene, count: int) -> list[tuple[int, str]]:
+@dataclass
+class DemoResult:
+    """What `run_demo` wrote and measured."""
+
+    rows: list[DemoRow]
+    scene_files: list[Path]
+    contact_sheet: Path
+
+    @property
+    def mean_iou(self) -> float:
+        return sum(row.iou for row in self.rows) / len(self.rows)
+
+
+def _choose_expressions(scene, quota: int, covered: set[str]) -> list[tuple[int, str, str]]:
+    # Greedy, deterministic: first kinds no scene has shown yet, then kinds new to this scene; one expression per
+    # object while objects last.
+    from .data.synthetic import expression_kind
+
+    candidates = [(index, text, expression_kind(text)) for index in sorted(scene.expressions) for text in scene.expressions[index]]
+    chosen: list[tuple[int, str, str]] = []
+    while len(chosen) < quota:
+        kinds, objects = {kind for _, _, kind in chosen}, {index for index, _, _ in chosen}
+        remaining = [candidate for candidate in candidates if candidate not in chosen]
+        if not remaining:
+            break
+        preference = [
+            lambda c: c[2] not in covered | kinds and c[0] not in objects,
+            lambda c: c[2] not in covered | kinds,
+            lambda c: c[2] not in kinds and c[0] not in objects,
+            lambda c: c[0] not in objects,
+            lambda c: True,
+        ]
+        chosen.append(next(c for test in preference for c in remaining if test(c)))
+    return chosen
+
+
+def pick_demo_scenes(
+    seed: int, first_index: int, image_size: int, num_scenes: int, num_expressions: int, search: int = 200
+) -> list[tuple[int, object, list[tuple[int, str, str]]]]:
     """
-    Up to `count` `(object index, expression)` pairs of a synthetic scene, one per object, cycling through each
-    object's expressions so that attributes, relations, ordinals and superlatives all appear.
+    `num_scenes` synthetic scenes from `first_index` on, and `num_expressions` expressions spread over them, that
+    together show every expression kind of the generator (when there are at least as many expressions as kinds).
+
+    Returns:
+        `(scene index, scene, [(object index, expression, kind), ...])` per scene.
     """
-    picked = []
-    for rank, index in enumerate(sorted(scene.expressions)[:count]):
-        candidates = scene.expressions[index]
-        picked.append((index, candidates[rank % len(candidates)]))
+    from .data.synthetic import EXPRESSION_KINDS, generate_scene
+
+    if num_scenes < 1 or num_expressions < num_scenes:
+        raise SegmentationCommandError(
+            f"--num-expressions ({num_expressions}) must be at least --scenes ({num_scenes}), which must be at least 1."
+        )
+    wanted_kinds = set(EXPRESSION_KINDS) if num_expressions >= len(EXPRESSION_KINDS) else set()
+    picked: list[tuple[int, object, list[tuple[int, str, str]]]] = []
+    covered: set[str] = set()
+    for index in range(first_index, first_index + search):
+        if len(picked) == num_scenes:
+            break
+        scenes_left = num_scenes - len(picked)
+        done = sum(len(choice) for _, _, choice in picked)
+        quota = -(-(num_expressions - done) // scenes_left)
+        scene = generate_scene(seed, index, image_size)
+        choice = _choose_expressions(scene, quota, covered)
+        new_kinds = covered | {kind for _, _, kind in choice}
+        later_quota = num_expressions - done - quota
+        if len(choice) < quota or len(wanted_kinds - new_kinds) > later_quota:
+            continue  # too few objects, or the scenes left could no longer show every kind
+        picked.append((index, scene, choice))
+        covered = new_kinds
+    if len(picked) < num_scenes or not wanted_kinds <= covered:
+        raise SegmentationCommandError(
+            f"No {num_scenes} synthetic scenes from {first_index} to {first_index + search - 1} give {num_expressions} "
+            "expressions of every kind; ask for fewer expressions or scenes."
+        )
     return picked
 
 
-def find_demo_scene(seed: int, first_index: int, image_size: int, count: int, search: int = 100):
-    """The first synthetic scene from `first_index` on in which at least `count` objects can be named."""
-    from .data.synthetic import generate_scene
+def _read_manifest(folder: Path) -> set[str]:
+    import json
 
-    for index in range(first_index, first_index + search):
-        scene = generate_scene(seed, index, image_size)
-        if len(scene.expressions) >= count:
-            return index, scene
-    raise SegmentationCommandError(
-        f"No synthetic scene from {first_index} to {first_index + search - 1} has {count} objects with an "
-        "expression; ask for fewer expressions."
+    path = folder / DEMO_MANIFEST
+    if not path.is_file():
+        return set()
+    try:
+        names = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SegmentationCommandError(
+            f"{path} is damaged, so the demo cannot tell which files in {folder} it wrote; delete it or choose "
+            "another --output."
+        ) from None
+    # Only plain names inside the folder: a manifest must never make the demo delete anything elsewhere.
+    return {name for name in names if isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")}
+
+
+def claim_demo_folder(output: str | os.PathLike, file_names: list[str], overwrite: bool) -> tuple[Path, set[str]]:
+    """
+    Checks, before any work, that the demo may write `file_names` into `output`: files it wrote on an earlier run
+    (listed in its manifest) are its own to replace; any other existing file of those names is refused unless
+    `overwrite`, with the exact count. Files of other names are never touched.
+
+    Returns:
+        The folder (created if missing) and the names of the files the previous run wrote.
+    """
+    folder = Path(output).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise SegmentationCommandError(f"--output {str(output)!r} is a file; give a folder.")
+    previous = _read_manifest(folder) if folder.is_dir() else set()
+    foreign = [name for name in file_names if (folder / name).exists() and name not in previous]
+    if foreign and not overwrite:
+        raise SegmentationCommandError(
+            f"{len(foreign)} of the demo's {len(file_names)} output files already exist in {folder} and were not "
+            f"written by an earlier demo (e.g. {foreign[0]}); pass --overwrite to replace them or choose another "
+            "--output."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SegmentationCommandError(f"Cannot create the output folder {folder}: {error.strerror}.") from None
+    return folder, previous
+
+
+def _finish_demo_folder(folder: Path, written: list[str], previous: set[str]) -> None:
+    import json
+
+    from .atomic import write_text_atomically
+
+    write_text_atomically(folder / DEMO_MANIFEST, json.dumps({"files": sorted(written)}, indent=2) + "\n")
+    for name in sorted(previous - set(written)):  # the earlier run's files that this run did not write again
+        stale = folder / name
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
+
+
+def _demo_tile(scene, row: DemoRow, target_mask, predicted_mask, scale: int):
+    from .overlay import SheetTile, prediction_tile
+
+    colour = _RIGHT_COLOUR if row.iou >= _RIGHT_IOU else _WRONG_COLOUR
+    return SheetTile(
+        prediction_tile(scene.image, predicted_mask, target_mask, scale=scale),
+        [(row.expression, (255, 255, 255)), (f"{row.kind} | scene {row.scene_index} | IoU {row.iou:.2f}", colour)],
     )
 
 
@@ -269,72 +407,97 @@ def run_demo(
     model: str | os.PathLike | None = None,
     seed: int = DEMO_SCENE_SEED,
     scene_index: int = 0,
-    num_expressions: int = 4,
+    num_scenes: int = DEMO_NUM_SCENES,
+    num_expressions: int = DEMO_NUM_EXPRESSIONS,
     overwrite: bool = False,
     device: str | None = None,
     segmenter=None,
-) -> tuple[list[DemoRow], Path]:
+    verbose: bool = False,
+) -> DemoResult:
     """
-    Draws a synthetic scene, segments a few of its expressions with `model` (default: the embedded demo model),
-    writes the scene, masks and overlays to `output`, and scores each mask against the object the expression names.
+    Draws `num_scenes` synthetic scenes, segments `num_expressions` of their expressions (every kind among them)
+    with `model` (default: the embedded demo model), scores each mask against the object the expression names, and
+    writes to `output` the scenes, each mask and overlay, and one contact sheet of captioned, outlined overlays.
 
-    Returns:
-        The rows (expression, intersection, union, score, files) and the path of the scene image.
+    The demo owns what it writes: a re-run in the same folder replaces its own earlier files (listed in
+    `.magnet-demo.json`) and leaves every other file alone; a file it did not write is replaced only with
+    `overwrite`.
     """
     from .metrics import intersection_and_union
+    from .overlay import contact_sheet
 
-    if num_expressions < 1:
-        raise SegmentationCommandError(f"--num-expressions must be at least 1, got {num_expressions}.")
     if seed < 0 or scene_index < 0:
         raise SegmentationCommandError("--seed and --scene must be non-negative.")
     if segmenter is None:
-        segmenter = load_segmenter(model, device=device)
+        segmenter = load_segmenter(model, device=device, verbose=verbose)
     size = segmenter.image_processor.size
     image_size = int(size["height"] if isinstance(size, dict) else size.height)
-    found_index, scene = find_demo_scene(seed, scene_index, max(image_size, 64), num_expressions)
-    picked = pick_demo_expressions(scene, num_expressions)
-    stem = f"scene{found_index:04d}"
-    scene_file = prepare_output_folder(output, [f"{stem}.png"], overwrite) / f"{stem}.png"
-    saved = segment_to_files(
-        segmenter,
-        scene.image,
-        [text for _, text in picked],
-        output,
-        stem=stem,
-        overwrite=overwrite,
-        overlay_scale=max(1, 384 // scene.image.width),
-    )
-    save_png_atomically(scene.image, scene_file)
-    rows = []
-    for (object_index, _), prediction in zip(picked, saved):
-        intersection, union = intersection_and_union(prediction.mask, scene.objects[object_index].mask)
-        rows.append(
-            DemoRow(prediction.expression, intersection, union, prediction.score, prediction.mask_file, prediction.overlay_file)
+    picked = pick_demo_scenes(seed, scene_index, max(image_size, 64), num_scenes, num_expressions)
+    names: list[str] = [CONTACT_SHEET]
+    for index, _, choice in picked:
+        stem = f"scene{index:04d}"
+        names += [f"{stem}.png"] + [name for pair in prediction_file_names(stem, [t for _, t, _ in choice]) for name in pair]
+    folder, previous = claim_demo_folder(output, names, overwrite)
+
+    scale = max(1, 384 // max(image_size, 64))
+    rows, scene_files, tiles = [], [], []
+    for index, scene, choice in picked:
+        stem = f"scene{index:04d}"
+        saved = segment_to_files(
+            segmenter, scene.image, [text for _, text, _ in choice], folder, stem=stem, overwrite=True,
+            overlay_scale=scale,
         )
-    return rows, scene_file
+        scene_files.append(save_png_atomically(scene.image, folder / f"{stem}.png"))
+        for (object_index, _, kind), prediction in zip(choice, saved):
+            target = scene.objects[object_index].mask
+            intersection, union = intersection_and_union(prediction.mask, target)
+            row = DemoRow(
+                prediction.expression, kind, index, intersection, union, prediction.score,
+                prediction.mask_file, prediction.overlay_file,
+            )
+            rows.append(row)
+            tiles.append(_demo_tile(scene, row, target, prediction.mask, scale))
+    title = (
+        "magnet-hf demo: cyan tint = predicted mask, white/black outline = the object the expression names; "
+        f"IoU >= {_RIGHT_IOU} in green. Mean IoU {sum(r.iou for r in rows) / len(rows):.3f} over {len(rows)} "
+        f"expressions, {len(picked)} scenes of synthetic seed {seed}."
+    )
+    columns = -(-len(tiles) // len(picked))
+    sheet = save_png_atomically(contact_sheet(tiles, columns=min(columns, 4), title=title), folder / CONTACT_SHEET)
+    _finish_demo_folder(folder, names, previous)
+    return DemoResult(rows, scene_files, sheet)
 
 
 def format_demo_table(rows: list[DemoRow]) -> str:
-    """The demo's IoU table with a mean row."""
+    """The demo's table (expression, kind, IoU, score per row) with a mean row."""
     width = max(len("expression"), *(len(row.expression) for row in rows))
-    lines = [f"{'expression':<{width}}  {'IoU':>6}  {'score':>6}", f"{'-' * width}  {'-' * 6}  {'-' * 6}"]
-    lines += [f"{row.expression:<{width}}  {row.iou:>6.3f}  {row.score:>6.3f}" for row in rows]
+    kind_width = max(len("kind"), *(len(row.kind) for row in rows))
+    lines = [
+        f"{'expression':<{width}}  {'kind':<{kind_width}}  {'IoU':>6}  {'score':>6}",
+        f"{'-' * width}  {'-' * kind_width}  {'-' * 6}  {'-' * 6}",
+    ]
+    lines += [f"{row.expression:<{width}}  {row.kind:<{kind_width}}  {row.iou:>6.3f}  {row.score:>6.3f}" for row in rows]
     mean = sum(row.iou for row in rows) / len(rows)
-    lines.append(f"{'mean IoU':<{width}}  {mean:>6.3f}")
+    lines.append(f"{'mean IoU':<{width}}  {'':<{kind_width}}  {mean:>6.3f}")
     return "\n".join(lines)
 
 
 __all__ = [
+    "CONTACT_SHEET",
+    "DEMO_MANIFEST",
     "DEMO_MODEL_DIR",
     "DEMO_SCENE_SEED",
     "DemoModelMissingError",
+    "DemoResult",
     "DemoRow",
     "SavedPrediction",
     "SegmentationCommandError",
+    "claim_demo_folder",
     "demo_model_path",
     "expression_slug",
     "format_demo_table",
     "load_segmenter",
+    "pick_demo_scenes",
     "run_demo",
     "segment_to_files",
 ]

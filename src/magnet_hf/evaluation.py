@@ -16,21 +16,26 @@ Use [`evaluate_referring_segmentation`] from Python, or [`main`] (behind `script
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
+from . import exit_status
 from .argtypes import non_negative_int, positive_int
-from .metrics import DEFAULT_THRESHOLDS, ReferringSegmentationMetric, format_metrics_table
+
+# torch and the metrics (which import torch) are imported where they are used, so that `evaluate --help` and
+# argument errors answer without loading torch.
+if TYPE_CHECKING:
+    import torch
+
+    from .metrics import ReferringSegmentationMetric
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +124,18 @@ def _one_row_per_sentence(dataset: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-@torch.no_grad()
+def _without_gradients(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_without_gradients
 def evaluate_referring_segmentation(
     model: torch.nn.Module,
     processor: Any,
@@ -130,7 +146,8 @@ def evaluate_referring_segmentation(
     accelerator: Any = None,
     progress: bool = True,
     threshold: float = 0.5,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] | None = None,
+    metric: ReferringSegmentationMetric | None = None,
 ) -> dict[str, float | int]:
     """Scores a MagNet model on one referring segmentation split.
 
@@ -157,6 +174,9 @@ def evaluate_referring_segmentation(
             Probability above which a pixel is predicted foreground (the released value).
         thresholds (`Sequence[float]`, *optional*, defaults to `(0.5, 0.6, 0.7, 0.8, 0.9)`):
             IoU thresholds of the `precision@t` entries.
+        metric (`ReferringSegmentationMetric`, *optional*):
+            Accumulate into this metric instead of a new one, e.g. to read the per-sample `intersections` and
+            `unions` afterwards (in the split's exploded row order); its thresholds are used.
 
     Returns:
         `dict`: `overall_iou`, `mean_iou`, `precision@t` (fractions in [0, 1]) and `num_samples`.
@@ -170,7 +190,10 @@ def evaluate_referring_segmentation(
     if len(samples) == 0:
         raise EvaluationError("The split has no (object, sentence) sample to evaluate.")
 
+    import torch
     from tqdm.auto import tqdm
+
+    from .metrics import DEFAULT_THRESHOLDS, ReferringSegmentationMetric
 
     loader = torch.utils.data.DataLoader(
         samples, batch_size=batch_size, shuffle=False, collate_fn=_EvaluationCollator(processor, resolution)
@@ -185,8 +208,10 @@ def evaluate_referring_segmentation(
     else:
         device, is_main = next(model.parameters()).device, True
 
-    metric = ReferringSegmentationMetric(thresholds)
-    for batch in tqdm(loader, desc=f"evaluate ({resolution})", disable=not (progress and is_main)):
+    if metric is None:
+        metric = ReferringSegmentationMetric(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
+    # disable=None: tqdm stays off when stderr is not a terminal (redirected logs get no carriage returns).
+    for batch in tqdm(loader, desc=f"evaluate ({resolution})", disable=None if progress and is_main else True):
         outputs = model(
             pixel_values=batch["pixel_values"].to(device),
             input_ids=batch["input_ids"].to(device),
@@ -255,7 +280,6 @@ def load_evaluation_split(
 
 def _load_model_and_processor(model_path: str) -> tuple[Any, Any]:
     from .modeling_magnet import MagNetForReferringSegmentation
-    from .processing_magnet import MagNetProcessor
 
     path = Path(model_path).expanduser()
     if path.exists():
@@ -264,11 +288,14 @@ def _load_model_and_processor(model_path: str) -> tuple[Any, Any]:
     elif model_path.startswith((".", "/", "~")) or model_path.count("/") > 1:
         # Not a Hub id either, so asking the Hub would only hide the real problem behind a network error.
         raise EvaluationError(f"Model folder {model_path!r} does not exist.")
+    from .model_folder import ModelFolderError, check_loading_info, load_pretrained, load_processor
+
     try:
-        model = MagNetForReferringSegmentation.from_pretrained(model_path)
-        processor = MagNetProcessor.from_pretrained(model_path)
-    except (OSError, ValueError) as error:
-        raise EvaluationError(f"Could not load model and processor from {model_path!r}: {error}") from error
+        model, info = load_pretrained(MagNetForReferringSegmentation, model_path)
+        check_loading_info(model_path, {"mismatched_keys": info.get("mismatched_keys")})
+        processor = load_processor(model_path)
+    except ModelFolderError as error:
+        raise EvaluationError(str(error)) from None
     return model, processor
 
 
@@ -287,16 +314,9 @@ def write_results(results: dict[str, Any], output: str | os.PathLike, overwrite:
         raise EvaluationError(f"{output} already exists; pass --overwrite to replace it.")
     if not output.parent.is_dir():
         raise EvaluationError(f"Folder of the output does not exist: {output.parent}")
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(results, file, indent=2)
-            file.write("\n")
-        os.replace(temporary, output)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return output
+    from .atomic import write_text_atomically
+
+    return write_text_atomically(output, json.dumps(results, indent=2) + "\n")
 
 
 def update_model_card(
@@ -376,11 +396,27 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="seed of --dataset synthetic (default 1: scenes that training, seed 0 by default, never drew)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--verbose", action="store_true", help="show every progress bar of transformers")
     return parser
 
 
+def _check_writable_output(output: str) -> None:
+    """Creates and removes a temporary file beside `output`, so that a read-only folder or a full disk is found
+    before the evaluation runs, not after."""
+    folder = Path(output).expanduser().absolute().parent
+    if not folder.is_dir():
+        raise EvaluationError(f"Folder of the output does not exist: {folder}")
+    from .atomic import probe_writable
+
+    try:
+        probe_writable(folder)
+    except OSError as error:
+        raise EvaluationError(f"cannot write the output in {folder}: {error.strerror}.") from None
+
+
+@exit_status.guard_resources
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Runs the evaluation CLI; returns the exit status (0 success, 2 bad input)."""
+    """Runs the evaluation CLI; returns the exit status (`exit_status`: 0 success, 2 bad input)."""
     try:
         args = build_parser(prog).parse_args(argv)
     except SystemExit as exit:  # argparse already printed the usage and the reason
@@ -391,7 +427,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             # Refuse before spending minutes on the evaluation; only rank 0 writes, so only it may refuse (other
             # ranks could see the file rank 0 has just written).
             raise EvaluationError(f"{args.output} already exists; pass --overwrite to replace it.")
-        model, processor = _load_model_and_processor(args.model)
+        if main_rank and args.output:
+            _check_writable_output(args.output)
+        from .progress import command_progress
+
+        with command_progress(args.verbose):
+            model, processor = _load_model_and_processor(args.model)
         split = load_evaluation_split(
             args.dataset,
             args.split,
@@ -415,6 +456,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         )
         if accelerator is not None and not accelerator.is_main_process:
             return 0
+        from .metrics import format_metrics_table
+
         print(format_metrics_table(metrics))
         results = {
             "model": args.model,
@@ -434,8 +477,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             )
             print(f"Model card updated: {card}")
     except EvaluationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        exit_status.error(error)
+        return exit_status.BAD_INPUT
     return 0
 
 

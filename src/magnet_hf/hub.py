@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import exit_status
 from .atomic import replace_directory
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -52,16 +52,102 @@ def _check_model_folder(model_dir: Path) -> None:
         raise HubPublishError(f"{model_dir} has no weights ({' or '.join(WEIGHT_FILES[::2])}).")
 
 
-def _resolve_card(model_dir: Path, card: str | os.PathLike | None) -> Path:
+#: A model card is Markdown text; anything larger is not one (and would be published as the repository's README).
+MAX_CARD_BYTES = 1 << 20
+
+
+def _check_card_text(path: Path) -> Path:
+    if path.suffix.lower() not in (".md", ".markdown"):
+        raise HubPublishError(f"Model card {str(path)!r} is not a Markdown (.md) file; it would be published as README.md.")
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise HubPublishError(f"Model card {str(path)!r} is over {MAX_CARD_BYTES >> 20} MB; a card is a short Markdown text.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as error:
+        raise HubPublishError(f"Model card {str(path)!r} is not readable UTF-8 text ({error}).") from None
+    if "\x00" in text:
+        raise HubPublishError(f"Model card {str(path)!r} holds NUL bytes; it is not a text file.")
+    return path
+
+
+def _resolve_card(model_dir: Path, card: str | os.PathLike | None) -> Path | None:
+    """The card file to publish; `None` when there is none, so that a basic one is written."""
     if card is not None:
         path = Path(card).expanduser()
         if not path.is_file():
             raise HubPublishError(f"Model card {str(card)!r} does not exist (or is not a file).")
-        return path
+        return _check_card_text(path)
     if (model_dir / "README.md").is_file():
         return model_dir / "README.md"
-    raise HubPublishError(
-        f"{model_dir} has no README.md model card; pass --card FILE (templates are in the repository's model_cards/)."
+    return None
+
+
+def _training_metrics(model_dir: Path) -> tuple[dict[str, Any], str, str] | None:
+    """`(metrics, dataset, split)` of the final (else best) evaluation in `eval_results.json`, as `train.py` writes
+    it; `None` when the folder has no usable one."""
+    import json
+
+    try:
+        results = json.loads((model_dir / "eval_results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(results, dict):
+        return None
+    entry = results.get("final") or results.get("best")
+    if not isinstance(entry, dict):
+        return None
+    metrics = {
+        key: value for key, value in entry.items()
+        if key in ("overall_iou", "mean_iou") or key.startswith("precision@")
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    if not metrics:
+        return None
+    return metrics, str(results.get("dataset") or "unknown"), str(results.get("eval_split") or "validation")
+
+
+def write_basic_card(model_dir: Path, target: Path, name: str) -> Path:
+    """
+    Writes a basic `README.md` into `target`: metadata (library, pipeline tag, tags), what the model is and how to run
+    it, and a `model-index` with the metrics of `model_dir/eval_results.json` when there is one (a folder `train.py`
+    wrote). transformers' own `push_to_hub` writes a similar minimal card.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .evaluation import update_model_card
+
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        tags=["magnet", "referring-image-segmentation"],
+        model_name=name,
+    )
+    text = (
+        f"---\n{data.to_yaml()}\n---\n\n# {name}\n\n"
+        "A MagNet referring image segmentation model (Mask Grounding for Referring Image Segmentation, CVPR 2024): "
+        "an image and an expression give the mask of the object the expression refers to.\n\n"
+        "This is a basic card written by magnet_hf's publishing tool, because none was given.\n\n"
+        "```python\nfrom transformers import pipeline\n\n"
+        f'segmenter = pipeline(model="{name}", trust_remote_code=True)\n'
+        'segmenter("image.jpg", text="the man in the red shirt")\n```\n'
+    )
+    ModelCard(text).save(target / "README.md")
+    training = _training_metrics(model_dir)
+    if training is not None:
+        metrics, dataset, split = training
+        update_model_card(target, metrics, dataset=dataset, split=split, resolution="released")
+    return target / "README.md"
+
+
+def basic_card_notice(model_dir: str | os.PathLike, card: str | os.PathLike | None) -> str | None:
+    """The notice printed when publishing writes a basic card (no `--card` and no `README.md` in the folder)."""
+    model_dir = Path(model_dir).expanduser()
+    if card is not None or (model_dir / "README.md").is_file():
+        return None
+    source = " with the metrics of eval_results.json" if _training_metrics(model_dir) else ""
+    return (
+        f"Note: no --card given and {model_dir} has no README.md; a basic model card{source} was written. "
+        "Pass --card FILE to publish your own (templates are in the repository's model_cards/)."
     )
 
 
@@ -70,21 +156,23 @@ def _load_model_and_processor(model_dir: Path):
 
     from .configuration_magnet import MagNetConfig
     from .modeling_magnet import MagNetForReferringSegmentation, MagNetModel
-    from .processing_magnet import MagNetProcessor
 
     try:
         config = MagNetConfig.from_pretrained(model_dir)
-    except (OSError, ValueError, TypeError, KeyError) as error:
+    except Exception as error:  # strict-dataclass, JSON and type errors alike: the file is bad input
         raise HubPublishError(f"{model_dir}/config.json is not a MagNet config: {error}") from None
     # Keep the class the folder was saved from, so that training heads travel with a full checkpoint.
     architecture = (config.architectures or ["MagNetForReferringSegmentation"])[0]
     model_class = MagNetModel if architecture == "MagNetModel" else MagNetForReferringSegmentation
     progress_bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
+    from .model_folder import ModelFolderError, load_pretrained
+    from .model_folder import load_processor as load_checked_processor
+
     try:
-        model, info = model_class.from_pretrained(model_dir, output_loading_info=True, dtype="auto")
-    except (OSError, ValueError, RuntimeError) as error:
-        raise HubPublishError(f"Could not load the model in {model_dir}: {error}") from None
+        model, info = load_pretrained(model_class, model_dir, dtype="auto")
+    except ModelFolderError as error:
+        raise HubPublishError(str(error)) from None
     finally:
         if progress_bars:
             transformers_logging.enable_progress_bar()
@@ -93,17 +181,18 @@ def _load_model_and_processor(model_dir: Path):
         details = "; ".join(f"{key.replace('_', ' ')}: {len(v)} (first: {v[:3]})" for key, v in problems.items())
         raise HubPublishError(f"The weights in {model_dir} do not fit its config ({details}); nothing was written.")
     try:
-        processor = MagNetProcessor.from_pretrained(model_dir)
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise HubPublishError(
-            f"{model_dir} has no usable processor ({error}). Save one next to the model "
-            "(processor.save_pretrained), or convert with --tokenizer."
-        ) from None
+        processor = load_checked_processor(model_dir)
+    except ModelFolderError as error:
+        raise HubPublishError(str(error)) from None
     return model, processor
 
 
 def build_hub_folder(
-    model_dir: str | os.PathLike, output_dir: str | os.PathLike, card: str | os.PathLike | None = None, overwrite: bool = False
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    card: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    repo_id: str | None = None,
 ) -> Path:
     """
     Writes to `output_dir` exactly what a push uploads: the model with `auto_map` and `custom_pipelines` in its
@@ -116,24 +205,29 @@ def build_hub_folder(
     Args:
         model_dir: a folder holding a saved MagNet model and its processor.
         output_dir: the folder to create.
-        card: model card file; defaults to `model_dir/README.md`.
+        card: model card file; defaults to `model_dir/README.md`, else a basic card ([`write_basic_card`]).
         overwrite: replace an existing `output_dir`.
+        repo_id: the repository the folder is for; names the model in a basic card (default: the folder's name).
 
     Raises:
-        HubPublishError: a missing or incomplete model folder, a missing card, or an existing output.
+        HubPublishError: a missing or incomplete model folder, a missing `card` file, or an existing output.
     """
     model_dir, output_dir = Path(model_dir).expanduser(), Path(output_dir).expanduser().absolute()
     _check_model_folder(model_dir)
     card_path = _resolve_card(model_dir, card)
-    if output_dir.exists() and not overwrite:
+    # is_symlink: a dangling link "does not exist" but is still something the write would replace.
+    if (output_dir.exists() or output_dir.is_symlink()) and not overwrite:
         raise HubPublishError(f"{output_dir} already exists; pass --overwrite to replace it.")
-    if output_dir.resolve() == model_dir.resolve():
-        raise HubPublishError("--local-dir must differ from --model (the model folder would be replaced).")
+    for name, source in (("--model", model_dir), ("--card", card_path)):
+        if source is None:  # no card: a basic one is written
+            continue
+        if source.resolve() == output_dir.resolve() or source.resolve().is_relative_to(output_dir.resolve()):
+            raise HubPublishError(f"--local-dir {output_dir} holds {name} {source}; replacing it would delete that input.")
     if not output_dir.parent.is_dir():
         raise HubPublishError(f"The folder that should hold {output_dir.name} does not exist: {output_dir.parent}")
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        _write_hub_files(model_dir, card_path, staging)
+        _write_hub_files(model_dir, card_path, staging, repo_id or model_dir.resolve().name)
         replace_directory(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -141,7 +235,7 @@ def build_hub_folder(
     return output_dir
 
 
-def _write_hub_files(model_dir: Path, card_path: Path, target: Path) -> None:
+def _write_hub_files(model_dir: Path, card_path: Path | None, target: Path, name: str) -> None:
     from .pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
 
     model, processor = _load_model_and_processor(model_dir)
@@ -151,7 +245,10 @@ def _write_hub_files(model_dir: Path, card_path: Path, target: Path) -> None:
     # Pipeline.save_pretrained writes custom_pipelines into the config and copies pipeline_magnet.py with its relative
     # imports; the model and processor saves add their own remote code and auto_map entries.
     pipeline.save_pretrained(target)
-    shutil.copyfile(card_path, target / "README.md")
+    if card_path is None:
+        write_basic_card(model_dir, target, name)
+    else:
+        shutil.copyfile(card_path, target / "README.md")
 
 
 def push_folder_to_hub(
@@ -181,7 +278,7 @@ def push_folder_to_hub(
 
         api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="magnet-hub-") as scratch:
-        folder = build_hub_folder(model_dir, Path(scratch) / "upload", card=card)
+        folder = build_hub_folder(model_dir, Path(scratch) / "upload", card=card, repo_id=repo_id)
         api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), commit_message=commit_message)
     return str(getattr(commit, "commit_url", commit))
@@ -200,21 +297,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="saved MagNet folder (model + processor)")
     parser.add_argument("--repo", required=True, help="Hub repository id, owner/name")
-    parser.add_argument("--card", help="model card (default: the model folder's README.md); see model_cards/")
+    parser.add_argument(
+        "--card", help="model card (default: the model folder's README.md, else a basic card with the metrics of its "
+        "eval_results.json); see model_cards/",
+    )
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--token", help="Hub token (default: the logged-in user's)")
     parser.add_argument("--local-dir", help="write what would be uploaded to this new folder; upload nothing")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --local-dir")
+    parser.add_argument("--verbose", action="store_true", help="show every progress bar of transformers")
     return parser
 
 
+@exit_status.guard_resources
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the push command; returns the exit status (0 success, 2 bad input, 3 upload failed)."""
+    """Runs the push command; returns the exit status (`exit_status`: 0 success, 2 bad input, 3 upload failed)."""
+    from .progress import command_progress
+
     args = build_parser().parse_args(argv)
+    with command_progress(args.verbose):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         validate_repo_id(args.repo)
+        notice = basic_card_notice(args.model, args.card) if Path(args.model).expanduser().is_dir() else None
         if args.local_dir:
-            folder = build_hub_folder(args.model, args.local_dir, card=args.card, overwrite=args.overwrite)
+            folder = build_hub_folder(
+                args.model, args.local_dir, card=args.card, overwrite=args.overwrite, repo_id=args.repo
+            )
+            if notice:
+                print(notice)
             print(f"Wrote the files for {args.repo} to {folder} ({len(list(folder.iterdir()))} files); nothing uploaded.")
             return 0
         try:
@@ -222,13 +336,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except HubPublishError:
             raise
         except Exception as error:  # network, authentication and permission errors come in many types
-            print(f"error: uploading to {args.repo} failed: {error}", file=sys.stderr)
-            return 3
+            exit_status.error(f"uploading to {args.repo} failed: {error}")
+            return exit_status.UPLOAD_FAILED
     except HubPublishError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        exit_status.error(error)
+        return exit_status.BAD_INPUT
+    if notice:
+        print(notice)
     print(f"Pushed {args.model} to {args.repo}: {url}")
     return 0
 
 
-__all__ = ["HubPublishError", "build_hub_folder", "push_folder_to_hub", "validate_repo_id"]
+__all__ = [
+    "HubPublishError",
+    "basic_card_notice",
+    "build_hub_folder",
+    "push_folder_to_hub",
+    "validate_repo_id",
+    "write_basic_card",
+]

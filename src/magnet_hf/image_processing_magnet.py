@@ -5,6 +5,7 @@ the released evaluation did."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,9 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 # Above this many pixels PIL suspects a decompression bomb; MagNet never needs more, so refuse clearly instead.
 MAX_IMAGE_PIXELS = 20_000 * 20_000
+# The largest model input side accepted from a processor config (the released model runs at 480): memory grows with
+# the square of it, and a crafted `size` of 60,000 would ask for tens of GB.
+MAX_MODEL_INPUT_SIZE = 4096
 
 
 class MagNetImageError(ValueError):
@@ -55,7 +59,8 @@ def _pil_to_rgb(image: Image.Image, index: int) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    # An RGB image is returned as is: a copy of a 10,000² picture is 300 MB more for nothing (nothing here mutates it).
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _array_to_rgb(array: np.ndarray, index: int) -> Image.Image:
@@ -90,6 +95,27 @@ def _array_to_rgb(array: np.ndarray, index: int) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
+def _size_of(size) -> tuple[int, int]:
+    """(height, width) from a `{"height", "width"}` dict or transformers' `SizeDict`."""
+    height = size.get("height") if isinstance(size, dict) else getattr(size, "height", None)
+    width = size.get("width") if isinstance(size, dict) else getattr(size, "width", None)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
+        raise ValueError(f"size must give a positive integer 'height' and 'width', got {size!r}.")
+    if max(height, width) > MAX_MODEL_INPUT_SIZE:
+        raise ValueError(f"size {height}x{width} is larger than the {MAX_MODEL_INPUT_SIZE} pixels a MagNet input may have.")
+    return height, width
+
+
+def _normalisation(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    if mean.shape != (3,) or std.shape != (3,):
+        raise ValueError(f"image_mean and image_std need three values (RGB), got {mean.tolist()} and {std.tolist()}.")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        shown = [[float(f"{value:.6g}") for value in values] for values in (mean, std)]
+        raise ValueError(f"image_mean must be finite and image_std finite and positive, got {shown[0]} and {shown[1]}.")
+    return mean, std
+
+
 class _MagNetImageProcessingMixin:
     r"""
     What both backends share: MagNet's defaults (square bilinear resize to the config size, scale to [0, 1],
@@ -112,12 +138,26 @@ class _MagNetImageProcessingMixin:
     do_convert_rgb = True
     return_tensors = "pt"  # MagNet's processors have always returned a batch tensor by default
 
-    def _validate_preprocess_kwargs(self, size=None, do_resize=None, rescale_factor=None, **kwargs):
-        super()._validate_preprocess_kwargs(size=size, do_resize=do_resize, rescale_factor=rescale_factor, **kwargs)
+    def check_settings(self) -> None:
+        """Refuses settings (from a model folder's config) that cannot give sane pixels: a size above
+        `MAX_MODEL_INPUT_SIZE`, a zero, negative or non-finite `image_std`, a non-finite `image_mean`.
+
+        Raises:
+            ValueError: naming the setting.
+        """
+        _size_of(self.size)
+        _normalisation(self.image_mean, self.image_std)
+
+    def _validate_preprocess_kwargs(
+        self, size=None, do_resize=None, image_mean=None, image_std=None, do_normalize=None, **kwargs
+    ):
+        super()._validate_preprocess_kwargs(
+            size=size, do_resize=do_resize, image_mean=image_mean, image_std=image_std, do_normalize=do_normalize, **kwargs
+        )
         if do_resize:
-            height, width = getattr(size, "height", None), getattr(size, "width", None)
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
-                raise ValueError(f"size must give a positive integer 'height' and 'width', got {size!r}.")
+            _size_of(size)
+        if do_normalize:
+            _normalisation(image_mean, image_std)
         data_format = kwargs.get("data_format")
         if data_format is not None and ChannelDimension(data_format) not in (ChannelDimension.FIRST, ChannelDimension.LAST):
             raise ValueError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}.")
@@ -143,9 +183,17 @@ class _MagNetImageProcessingMixin:
             else:
                 if isinstance(image, (str, os.PathLike)):
                     image = _open_image(image, index)
+                if isinstance(image, Image.Image) and image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise MagNetImageError(f"Image {index} has {image.width}x{image.height} pixels, more than MagNet accepts.")
                 array = self.process_image(image, do_convert_rgb=False, input_data_format=input_data_format, **kwargs)
             prepared.append(array)
             original_sizes.append(tuple(int(v) for v in array.shape[-2:]))
+            if not kwargs.get("do_resize") and max(original_sizes[-1]) > MAX_MODEL_INPUT_SIZE:
+                height, width = original_sizes[-1]
+                raise MagNetImageError(
+                    f"Image {index} is {width}x{height}; with do_resize=False the model would run at that size "
+                    f"(at most {MAX_MODEL_INPUT_SIZE} accepted)."
+                )
         return_tensors = kwargs.get("return_tensors")
         if return_tensors is not None and not kwargs.get("do_resize") and len(set(original_sizes)) > 1:
             raise MagNetImageError("Images of different sizes cannot be batched with do_resize=False.")
@@ -198,12 +246,9 @@ class _MagNetImageProcessingMixin:
         results = []
         for index in range(batch_size):
             height, width = (int(v) for v in target_sizes[index])
-            logits = F.interpolate(
-                pred_masks[index : index + 1].float(), size=(height, width), mode="bilinear", align_corners=True
-            )
-            probability = torch.einsum("bqc,bqhw->bchw", query_weights[index : index + 1], logits.sigmoid())[0, 0]
-            mask = probability > threshold
-            score = probability[mask].mean().item() if mask.any() else 0.0
+            if height < 1 or width < 1 or height * width > MAX_IMAGE_PIXELS:
+                raise ValueError(f"target size {height}x{width} is empty or larger than {MAX_IMAGE_PIXELS} pixels.")
+            mask, score = _threshold_upsampled(pred_masks[index].float(), query_weights[index, :, 0], height, width, threshold)
             results.append({"mask": mask, "score": score})
         return results
 
@@ -232,15 +277,76 @@ class MagNetImageProcessorPil(_MagNetImageProcessingMixin, PilBackend):
 
 
 def _open_image(path, index: int) -> Image.Image:
-    """A file as a PIL image in its own mode (for `do_convert_rgb=False`)."""
+    """A file as a PIL image in its own mode, its pixels in memory and the file closed."""
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
+        with warnings.catch_warnings():
+            # MAX_IMAGE_PIXELS is the bound (checked on the way to RGB); PIL's own warning at 89 M pixels is noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            opened.load()  # leaving the block closes only the file
+        return opened
     except FileNotFoundError:
         raise MagNetImageError(f"Image {index}: file {os.fspath(path)!r} does not exist.") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise MagNetImageError(f"Image {index}: {os.fspath(path)!r} is not a readable image ({error}).") from None
+
+
+#: Float32 values of the full-resolution probability map computed at once: 1M (4 MB), so that post-processing memory
+#: is bounded by this and the boolean mask (1 byte per pixel), not by the float maps of a 10,000² input (GBs).
+_POST_PROCESS_TILE_ELEMENTS = 1 << 20
+
+
+def _height_taps(input_size: int, output_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source rows and weights of linear interpolation with `align_corners=True`, in float32 as PyTorch's kernel
+    computes them (scale `(in-1)/(out-1)`, index = floor of the source position, weight = its fraction)."""
+    scale = torch.tensor(input_size - 1, dtype=torch.float32) / (output_size - 1) if output_size > 1 else torch.tensor(0.0)
+    source = scale * torch.arange(output_size, dtype=torch.float32)
+    low = source.to(torch.int64).clamp(max=input_size - 1)
+    high = (low + 1).clamp(max=input_size - 1)
+    fraction = (source - low.to(torch.float32)).clamp(0, 1)
+    return low.to(device), high.to(device), fraction.to(device)
+
+
+def _threshold_upsampled(logits: torch.Tensor, weights: torch.Tensor, height: int, width: int, threshold: float):
+    """
+    `(weights · sigmoid(bilinear(logits, (height, width), align_corners=True))) > threshold` with memory bounded by
+    the boolean result plus `_POST_PROCESS_TILE_ELEMENTS` floats, whatever the target size.
+
+    Bilinear interpolation is separable and PyTorch's kernel interpolates along the width first: that pass runs once
+    at the logits' own height (`F.interpolate` to `(h, width)`, whose height weights are exactly 1 and 0), and the
+    height pass runs tile by tile by hand, as `w1 * b` rounded to float32 plus `w0 * a` in one rounding (the kernel's
+    fused multiply-add, emulated in float64), so that on CPU every value is bit-equal to the full `F.interpolate`.
+    transformers and torch have no tiled resize; that is why this is written here.
+
+    Args:
+        logits: `(queries, h, w)` float32 mask logits at the model's resolution.
+        weights: `(queries,)` query weights (the class softmax).
+
+    Returns:
+        The bool mask `(height, width)` and the mean probability over it (0 when empty).
+    """
+    queries, in_height, _ = logits.shape
+    if queries * height * width <= _POST_PROCESS_TILE_ELEMENTS:
+        upsampled = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=True)[0]
+        probability = torch.einsum("q,qhw->hw", weights, upsampled.sigmoid())
+        mask = probability > threshold
+        return mask, (probability[mask].mean().item() if mask.any() else 0.0)
+    rows = F.interpolate(logits[None], size=(in_height, width), mode="bilinear", align_corners=True)[0]
+    low, high, fraction = _height_taps(in_height, height, logits.device)
+    mask = torch.empty((height, width), dtype=torch.bool, device=logits.device)
+    total, count = 0.0, 0
+    step = max(1, _POST_PROCESS_TILE_ELEMENTS // (width * queries))
+    for start in range(0, height, step):
+        stop = min(height, start + step)
+        weight = fraction[start:stop, None]
+        tile = ((rows[:, high[start:stop]] * weight).double() + rows[:, low[start:stop]].double() * (1 - weight).double()).float()
+        probability = torch.einsum("q,qhw->hw", weights, tile.sigmoid_())  # (tile, width)
+        inside = probability > threshold
+        mask[start:stop] = inside
+        total += float(probability[inside].double().sum())
+        count += int(inside.sum())
+    return mask, (total / count if count else 0.0)
 
 
 __all__ = ["MagNetImageProcessor", "MagNetImageProcessorPil", "MagNetImageError", "load_image_as_rgb"]

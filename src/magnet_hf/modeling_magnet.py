@@ -25,10 +25,12 @@ from timm.models.swin_transformer import (
     get_relative_position_index,
 )
 from torch import nn
-from transformers import BertModel, Mask2FormerConfig, PreTrainedModel
+from transformers import BertConfig, BertModel, Mask2FormerConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.bert.modeling_bert import BertEncoder, BertLMPredictionHead
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerMaskedAttentionDecoderLayer,
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
@@ -785,8 +787,8 @@ class MagNetPreTrainedModel(PreTrainedModel):
             # uninitialised memory. torch's own initialisation, redrawn.
             init.xavier_uniform_(module.in_proj_weight)
             init.zeros_(module.in_proj_bias)
-        elif isinstance(module, MagNetMaskedTokenPredictor):
-            init.zeros_(module.bias)
+        elif isinstance(module, BertLMPredictionHead):
+            init.zeros_(module.bias)  # the vocabulary projection itself is tied to the word embeddings
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
@@ -821,15 +823,44 @@ class MagNetPreTrainedModel(PreTrainedModel):
             return False
         return wanted
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """As in transformers; with Hub remote code, the saved `auto_map` names both model classes, so the folder
-        loads with `AutoModel` (the network) and `AutoModelForImageSegmentation` (with training losses) alike."""
-        if self._auto_class is not None:
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map.setdefault("AutoModel", f"{__name__.split('.')[-1]}.MagNetModel")
-            auto_map.setdefault("AutoModelForImageSegmentation", f"{__name__.split('.')[-1]}.MagNetForReferringSegmentation")
-            self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
+        """
+        As in transformers, and every saved folder also carries its Hub remote code and declares the
+        `referring-image-segmentation` pipeline, so that `pipeline(model=folder, trust_remote_code=True)` and the Auto
+        classes load it in a process that never imports magnet_hf, whoever wrote it (conversion, training, the demo
+        model, the pipeline). transformers records remote code only for classes registered with
+        `register_for_auto_class`, and the pipeline task only when the pipeline itself is saved, hence the override.
+
+        `auto_map` names the config and both model classes (`AutoModel`: the network, `AutoModelForImageSegmentation`:
+        with training losses); the processor's save records its own.
+        """
+        # The pipeline module is imported here, not at the top, because it is only needed to save; the import also
+        # makes transformers copy it (and the processing modules it imports) with this file as remote code.
+        from .pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
+
+        module = __name__.split(".")[-1]
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoConfig", f"{MagNetConfig.__module__.split('.')[-1]}.{MagNetConfig.__name__}")
+        auto_map.setdefault("AutoModel", f"{module}.MagNetModel")
+        auto_map.setdefault("AutoModelForImageSegmentation", f"{module}.MagNetForReferringSegmentation")
+        self.config.auto_map = auto_map
+        custom_pipelines = dict(getattr(self.config, "custom_pipelines", None) or {})
+        # The entry Pipeline.save_pretrained writes for a registered pipeline (see transformers' PipelineRegistry).
+        custom_pipelines.setdefault(
+            REFERRING_SEGMENTATION_TASK,
+            {
+                "impl": f"{MagNetReferringSegmentationPipeline.__module__.split('.')[-1]}.{MagNetReferringSegmentationPipeline.__name__}",
+                "pt": ["AutoModel"],
+                "tf": [],
+                "type": "multimodal",
+            },
+        )
+        self.config.custom_pipelines = custom_pipelines
+        result = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if is_main_process and Path(save_directory).is_dir():
+            # Copies this module, the pipeline module and every module they import relatively.
+            custom_object_save(self, save_directory)
+        return result
 
 
 class MagNetModel(MagNetPreTrainedModel):
@@ -864,7 +895,6 @@ class MagNetModel(MagNetPreTrainedModel):
             in_features=config.decoder_hidden_size, config=self._mask2former_config(config)
         )
         self.class_predictor = nn.Linear(config.decoder_hidden_size, 2)
-        self._attention_hooks: list = []
         self.post_init()
 
     @staticmethod
@@ -953,50 +983,15 @@ class MagNetModel(MagNetPreTrainedModel):
         self._check_inputs(pixel_values, input_ids, attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        want_text = output_hidden_states or output_text_features
-
-        words = self.text_encoder.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
-        text_attention_mask = create_bidirectional_mask(
-            config=self.text_encoder.config, inputs_embeds=words, attention_mask=attention_mask
+        want_text = bool(output_hidden_states) or output_text_features
+        fused_features, words, text_hidden_states, image_hidden_states, attentions = self._encode(
+            pixel_values,
+            input_ids,
+            attention_mask,
+            run_last_language_fusion=want_text,
+            output_hidden_states=bool(output_hidden_states),
+            output_attentions=output_attentions,
         )
-        visual = self.image_encoder.patch_embed(pixel_values)  # (batch, H/4, W/4, C)
-        text_hidden_states = [words] if output_hidden_states else None
-        attentions = [] if output_attentions else None
-        for hook in self._attention_hooks:  # left over by a forward that raised
-            hook.remove()
-        if output_attentions:  # BERT's layers are run one by one here, so their attention maps are caught on the way
-            self._attention_hooks = [
-                layer.attention.self.register_forward_hook(lambda _, __, out: attentions.append(out[1]))
-                for layer in self.text_encoder.encoder.layer
-            ]
-        image_hidden_states = [visual.permute(0, 3, 1, 2)] if output_hidden_states else None
-
-        fused_features = []
-        layer_start = 0
-        num_stages = len(self.image_encoder.layers)
-        for stage, layer_end in enumerate(self.config.text_stage_end_layers):
-            visual = self.image_encoder.layers[stage](visual)
-            for layer in self.text_encoder.encoder.layer[layer_start:layer_end]:
-                words = layer(words, attention_mask=text_attention_mask)
-                if output_hidden_states:
-                    text_hidden_states.append(words)
-            if output_hidden_states:
-                image_hidden_states.append(visual.permute(0, 3, 1, 2))
-            layer_start = layer_end
-            # Both sides read each other's pre-fusion outputs.
-            gated_visual, fused = self.image_fusions[stage](visual, words, attention_mask)
-            fused_features.append(fused)
-            is_last = stage == num_stages - 1
-            if not is_last or want_text:
-                pixels = visual.flatten(1, 2)
-                words = self.language_fusions[stage](words, pixels, attention_mask)
-            if not is_last:
-                visual = gated_visual
-
-        for hook in self._attention_hooks:
-            hook.remove()
-        self._attention_hooks = []
-
         mask_features, mask_predictions, query_states = self._decode(fused_features)
         class_predictions = [self.class_predictor(hidden) for hidden in query_states]
         auxiliary = tuple(
@@ -1015,6 +1010,104 @@ class MagNetModel(MagNetPreTrainedModel):
             attentions=tuple(attentions) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        run_last_language_fusion: bool = False,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """
+        The two-stream fused encoder: Swin and BERT stages side by side, each stage followed by the image-side fusion
+        (Cross-modal Alignment Module: Pixel-Word Attention, Language Gate, pyramid branch) and the language-side
+        fusion, both reading the other stream's pre-fusion output.
+
+        Args:
+            pixel_values: `(batch, 3, H, W)` normalised images.
+            input_ids, attention_mask: `(batch, words)` BERT ids and their 1/0 mask.
+            run_last_language_fusion: also run the last stage's language fusion, whose output feeds no inference
+                path (the training losses read it).
+
+        Returns: the four fused maps `(batch, C_k, H_k, W_k)` at strides 4, 8, 16, 32, and the language stream
+        `(batch, words, text_hidden)` after its last fusion (before it when `run_last_language_fusion` is off).
+        """
+        fused_features, words, _, _, _ = self._encode(
+            pixel_values, input_ids, attention_mask, run_last_language_fusion=run_last_language_fusion
+        )
+        return fused_features, words
+
+    def _encode(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        run_last_language_fusion: bool = False,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        """[`~MagNetModel.encode`], plus the per-layer language states, the per-stage image states and BERT's
+        attention maps (lists, or `None` when not asked for) of [`MagNetModelOutput`]."""
+        words = self.text_encoder.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        text_attention_mask = create_bidirectional_mask(
+            config=self.text_encoder.config, inputs_embeds=words, attention_mask=attention_mask
+        )
+        visual = self.image_encoder.patch_embed(pixel_values)  # (batch, H/4, W/4, C)
+        text_hidden_states = [words] if output_hidden_states else None
+        image_hidden_states = [visual.permute(0, 3, 1, 2)] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        # BERT's layers run one by one here, not through BertEncoder, so their attention maps are caught on the way.
+        hooks = (
+            [
+                layer.attention.self.register_forward_hook(lambda _, __, output: attentions.append(output[1]))
+                for layer in self.text_encoder.encoder.layer
+            ]
+            if output_attentions
+            else []
+        )
+        try:
+            fused_features, words = self._run_stages(
+                visual, words, text_attention_mask, attention_mask, run_last_language_fusion, text_hidden_states, image_hidden_states
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return fused_features, words, text_hidden_states, image_hidden_states, attentions
+
+    def _run_stages(
+        self,
+        visual: torch.Tensor,
+        words: torch.Tensor,
+        text_attention_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        run_last_language_fusion: bool,
+        text_hidden_states: list[torch.Tensor] | None,
+        image_hidden_states: list[torch.Tensor] | None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The four stages of [`~MagNetModel.encode`] from the patch and word embeddings; appends each layer's
+        language output and each stage's image output to the lists given."""
+        fused_features = []
+        layer_start = 0
+        num_stages = len(self.image_encoder.layers)
+        for stage, layer_end in enumerate(self.config.text_stage_end_layers):
+            visual = self.image_encoder.layers[stage](visual)
+            for layer in self.text_encoder.encoder.layer[layer_start:layer_end]:
+                words = layer(words, attention_mask=text_attention_mask)
+                if text_hidden_states is not None:
+                    text_hidden_states.append(words)
+            if image_hidden_states is not None:
+                image_hidden_states.append(visual.permute(0, 3, 1, 2))
+            layer_start = layer_end
+            # Both sides read each other's pre-fusion outputs.
+            gated_visual, fused = self.image_fusions[stage](visual, words, attention_mask)
+            fused_features.append(fused)
+            is_last = stage == num_stages - 1
+            if not is_last or run_last_language_fusion:
+                pixels = visual.flatten(1, 2)
+                words = self.language_fusions[stage](words, pixels, attention_mask)
+            if not is_last:
+                visual = gated_visual
+        return fused_features, words
 
     def _decode(self, fused_features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """
@@ -1134,109 +1227,102 @@ class MagNetMaskEncoder(nn.Module):
 
 class MagNetMaskedTokenPredictor(nn.Module):
     """
-    BERT-style masked-token head: dense + GELU + LayerNorm into BERT's width, then scores over the vocabulary against
-    BERT's own word embeddings (tied by construction, passed in at call time so that the state dict holds them once)
-    plus a per-token bias.
+    The paper's Masked Token Predictor: a stack of transformers' `BertLayer`s over the concatenated language, visual
+    and mask tokens, then BERT's own masked-LM head (`BertLMPredictionHead`) at the masked language positions. The
+    head's vocabulary projection is the text encoder's word embedding matrix itself
+    (`MagNetForReferringSegmentation._tied_weights_keys`, as in `BertForMaskedLM`), stored once in checkpoints.
 
-    Input: `hidden_states` `(num_tokens, hidden_size)`, `word_embeddings` `(vocab_size, text_hidden_size)`.
-    Output: logits `(num_tokens, vocab_size)`.
+    Input: `tokens` `(batch, tokens, hidden)`, `token_mask` `(batch, tokens)` (1 = attend), `predict_positions`
+    `(batch, words)` bool over the first `words` tokens. Output: logits `(num_positions, vocab_size)`.
     """
 
-    def __init__(self, hidden_size: int, text_hidden_size: int, vocab_size: int, layer_norm_eps: float):
+    def __init__(self, config: MagNetConfig):
         super().__init__()
-        self.dense = nn.Linear(hidden_size, text_hidden_size)
-        self.norm = nn.LayerNorm(text_hidden_size, eps=layer_norm_eps)
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        text_config = config.text_config
+        self.config = BertConfig(
+            hidden_size=config.mask_grounding_hidden_size,
+            num_hidden_layers=config.mask_grounding_layers,
+            num_attention_heads=config.mask_grounding_num_heads,
+            intermediate_size=config.mask_grounding_intermediate_size,
+            hidden_act=text_config.hidden_act,
+            hidden_dropout_prob=text_config.hidden_dropout_prob,  # an MLM transformer: BERT's dropout
+            attention_probs_dropout_prob=text_config.attention_probs_dropout_prob,
+            layer_norm_eps=text_config.layer_norm_eps,
+        )
+        self.config._attn_implementation = text_config._attn_implementation
+        self.encoder = BertEncoder(self.config)
+        # BERT's MLM head works at the width of the word embeddings it is tied to.
+        self.output_projection = nn.Linear(config.mask_grounding_hidden_size, text_config.hidden_size)
+        self.head = BertLMPredictionHead(text_config)
 
-    def forward(self, hidden_states: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.norm(F.gelu(self.dense(hidden_states)))
-        return F.linear(hidden_states, word_embeddings.to(hidden_states.dtype), self.bias.to(hidden_states.dtype))
+    def forward(
+        self, tokens: torch.Tensor, token_mask: torch.Tensor, predict_positions: torch.Tensor
+    ) -> torch.Tensor:
+        attention_mask = create_bidirectional_mask(config=self.config, inputs_embeds=tokens, attention_mask=token_mask)
+        hidden_states = self.encoder(tokens, attention_mask=attention_mask).last_hidden_state  # (batch, tokens, hidden)
+        words = hidden_states[:, : predict_positions.shape[1]][predict_positions]  # (num_positions, hidden)
+        return self.head(self.output_projection(words))  # (num_positions, vocab_size)
 
 
 class MagNetMaskGroundingHead(nn.Module):
     """
-    The paper's Mask Grounding auxiliary task (training only). Three token streams, each projected to
-    `mask_grounding_hidden_size`, layer-normalised and tagged with a learned modality embedding:
+    The paper's Mask Grounding auxiliary task (training only). It reads one pass of the two-stream fused encoder on
+    the *masked* sentence ([`MagNetModel.encode`]), so no original word at a masked position can reach it:
 
-    - language: the *masked* sentence through the plain text encoder `(batch, words, text_hidden)`;
-    - visual: the last fused stage map of the segmentation forward `(batch, 8C, H/32, W/32)`;
-    - mask: the ground-truth mask through [`MagNetMaskEncoder`] onto the same grid.
+    - language tokens: that pass's language stream after its last fusion `(batch, words, text_hidden)`, which
+      carries the Mask Grounding signal back into every language- and image-side fusion;
+    - visual tokens: that pass's fused map at `config.mask_grounding_visual_stride` `(batch, C_k, h, w)`;
+    - mask tokens: the ground-truth mask through [`MagNetMaskEncoder`] onto the same `h x w` grid.
 
-    Visual and mask tokens share a sine position encoding, so a mask token and the visual token at its place are
-    aligned. A small pre-norm transformer runs over the concatenation (language padding is masked out) and
-    [`MagNetMaskedTokenPredictor`] classifies the requested language positions over the vocabulary.
-
-    Caveat of this reconstruction: the visual tokens come from the segmentation forward, whose fusion saw the
-    *unmasked* sentence, so they may carry traces of the masked words. A second fused forward on the masked sentence
-    would avoid that at about twice the training cost; the paper does not say which it did.
+    Each stream is projected to `mask_grounding_hidden_size`, layer-normalised and tagged with a learned modality
+    embedding; visual and mask tokens share a sine position encoding, so a mask token and the visual token at its
+    place are aligned. [`MagNetMaskedTokenPredictor`] classifies the masked positions over the vocabulary.
     """
 
     def __init__(self, config: MagNetConfig):
         super().__init__()
         hidden = config.mask_grounding_hidden_size
-        text_config = config.text_config
-        self.language_projection = nn.Sequential(nn.Linear(text_config.hidden_size, hidden), nn.LayerNorm(hidden))
-        self.visual_projection = nn.Sequential(nn.Linear(config.stage_dims[-1], hidden), nn.LayerNorm(hidden))
+        visual_dim = config.stage_dims[config.mask_grounding_stage]
+        self.language_projection = nn.Sequential(nn.Linear(config.text_config.hidden_size, hidden), nn.LayerNorm(hidden))
+        self.visual_projection = nn.Sequential(nn.Linear(visual_dim, hidden), nn.LayerNorm(hidden))
         self.mask_encoder = MagNetMaskEncoder(hidden)
         self.mask_norm = nn.LayerNorm(hidden)
         self.modality_embeddings = nn.Parameter(torch.zeros(3, hidden))  # language, visual, mask
         self.position_embedding = Mask2FormerSinePositionEmbedding(num_position_features=hidden // 2, normalize=True)
-        self.layers = nn.ModuleList(
-            [
-                nn.TransformerEncoderLayer(
-                    d_model=hidden,
-                    nhead=config.mask_grounding_num_heads,
-                    dim_feedforward=4 * hidden,
-                    dropout=text_config.hidden_dropout_prob,  # an MLM-style transformer: BERT's dropout
-                    activation="gelu",
-                    batch_first=True,
-                    norm_first=True,
-                )
-                for _ in range(config.mask_grounding_layers)
-            ]
-        )
-        self.final_norm = nn.LayerNorm(hidden)
-        self.token_predictor = MagNetMaskedTokenPredictor(
-            hidden, text_config.hidden_size, text_config.vocab_size, text_config.layer_norm_eps
-        )
+        self.token_predictor = MagNetMaskedTokenPredictor(config)
 
     def forward(
         self,
-        masked_text_features: torch.Tensor,
-        text_attention_mask: torch.Tensor,
+        language_features: torch.Tensor,
+        attention_mask: torch.Tensor,
         visual_features: torch.Tensor,
         labels: torch.Tensor,
         predict_positions: torch.Tensor,
-        word_embeddings: torch.Tensor,
     ) -> torch.Tensor:
         """
         Args:
-            masked_text_features: `(batch, words, text_hidden)`, the text encoder's output on the masked sentence.
-            text_attention_mask: `(batch, words)`, 1 on real tokens.
-            visual_features: `(batch, channels, h, w)`, the last fused stage map.
+            language_features: `(batch, words, text_hidden)`, the fused language stream of the masked pass.
+            attention_mask: `(batch, words)`, 1 on real tokens.
+            visual_features: `(batch, channels, h, w)`, the fused map of the masked pass at the configured stride.
             labels: `(batch, height, width)` 0/1 ground-truth masks.
             predict_positions: `(batch, words)` bool, the masked positions to classify.
-            word_embeddings: `(vocab_size, text_hidden)`, the text encoder's input embedding matrix.
 
         Returns: logits `(num_positions, vocab_size)` of the `True` entries of `predict_positions`, in row-major order.
         """
-        batch_size, num_words = masked_text_features.shape[:2]
-        grid = visual_features.shape[-2:]
-        language = self.language_projection(masked_text_features) + self.modality_embeddings[0]  # (batch, words, hidden)
+        batch_size = language_features.shape[0]
+        grid = tuple(visual_features.shape[-2:])
+        language = self.language_projection(language_features) + self.modality_embeddings[0]  # (batch, words, hidden)
         positions = self.position_embedding(
             (batch_size, 1, *grid), visual_features.device, language.dtype
         ).flatten(2).transpose(1, 2)  # (batch, h*w, hidden)
         visual = self.visual_projection(visual_features.flatten(2).transpose(1, 2).to(language.dtype))
-        visual = visual + self.modality_embeddings[1] + positions
-        mask = self.mask_encoder(labels, tuple(grid)).flatten(2).transpose(1, 2)  # (batch, h*w, hidden)
+        visual = visual + self.modality_embeddings[1] + positions  # (batch, h*w, hidden)
+        mask = self.mask_encoder(labels, grid).flatten(2).transpose(1, 2)  # (batch, h*w, hidden)
         mask = self.mask_norm(mask) + self.modality_embeddings[2] + positions
         tokens = torch.cat([language, visual, mask], dim=1)  # (batch, words + 2*h*w, hidden)
-        ignored = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        ignored[:, :num_words] = text_attention_mask == 0
-        for layer in self.layers:
-            tokens = layer(tokens, src_key_padding_mask=ignored)
-        words = self.final_norm(tokens[:, :num_words])
-        return self.token_predictor(words[predict_positions], word_embeddings)
+        token_mask = torch.ones(tokens.shape[:2], dtype=attention_mask.dtype, device=tokens.device)
+        token_mask[:, : attention_mask.shape[1]] = attention_mask  # language padding is never attended
+        return self.token_predictor(tokens, token_mask, predict_positions)
 
 
 class MagNetForReferringSegmentation(MagNetPreTrainedModel):
@@ -1249,35 +1335,39 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
 
     # Released checkpoints never had the Mask Grounding head: it is initialised from scratch, without a warning.
     _keys_to_ignore_on_load_missing = [r"^mask_grounding\."]
+    # The Masked Token Predictor's vocabulary projection is BERT's word embedding matrix, as in BertForMaskedLM.
+    _mask_grounding_tied_weights_keys = {
+        "mask_grounding.token_predictor.head.decoder.weight": "model.text_encoder.embeddings.word_embeddings.weight",
+        "mask_grounding.token_predictor.head.decoder.bias": "mask_grounding.token_predictor.head.bias",
+    }
 
     def __init__(self, config: MagNetConfig):
         super().__init__(config)
         self.model = MagNetModel(config)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.decoder_hidden_size)
         self.mask_grounding = MagNetMaskGroundingHead(config) if config.use_mask_grounding else None
+        self._tied_weights_keys = dict(self._mask_grounding_tied_weights_keys) if config.use_mask_grounding else {}
         self.post_init()
 
-    def resize_token_embeddings(
-        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
-    ) -> nn.Embedding:
-        """As in transformers (BERT's word embeddings, `config.text_config.vocab_size`), and the Mask Grounding head's
-        vocabulary with them: its scores are tied to the word embeddings, and its per-token bias is resized here (new
-        tokens start at 0). A head that exposes its vocabulary layer through `get_output_embeddings` is resized by
-        transformers itself, and this step then finds nothing left to do."""
-        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        self._resize_mask_grounding_vocabulary(embeddings.num_embeddings)
-        return embeddings
+    def get_input_embeddings(self) -> nn.Embedding:
+        """BERT's word embeddings (`resize_token_embeddings` resizes them)."""
+        return self.model.get_input_embeddings()
 
-    def _resize_mask_grounding_vocabulary(self, vocab_size: int) -> None:
-        predictor = getattr(self.mask_grounding, "token_predictor", None)
-        bias = getattr(predictor, "bias", None)
-        if not isinstance(bias, nn.Parameter) or bias.dim() != 1 or bias.shape[0] == vocab_size:
-            return
-        resized = bias.new_zeros(vocab_size)
-        kept = min(vocab_size, bias.shape[0])
-        with torch.no_grad():
-            resized[:kept] = bias[:kept]
-        predictor.bias = nn.Parameter(resized, requires_grad=bias.requires_grad)
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The Masked Token Predictor's vocabulary projection, tied to the word embeddings (as `BertForMaskedLM`'s
+        decoder): `resize_token_embeddings` resizes it and its per-token bias along with them. `None` without the
+        Mask Grounding head."""
+        if self.mask_grounding is None:
+            return None
+        return self.mask_grounding.token_predictor.head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        head = self.mask_grounding.token_predictor.head
+        head.decoder = new_embeddings
+        head.bias = new_embeddings.bias
 
     def _check_training_inputs(
         self,
@@ -1341,14 +1431,17 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         )
         self._wants_attentions(output_attentions)
         self._check_training_inputs(input_ids, labels, masked_input_ids, mlm_labels)
-        run_grounding = self.mask_grounding is not None and masked_input_ids is not None
+        run_grounding = self.mask_grounding is not None and masked_input_ids is not None and labels is not None
+        shared = run_grounding and self.config.mask_grounding_mode == "shared"
         run_alignment = self.config.use_alignment_loss and labels is not None
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         outputs = self.model(
             pixel_values,
-            input_ids,
+            masked_input_ids if shared else input_ids,
             attention_mask,
-            output_hidden_states=output_hidden_states or run_grounding,  # Mask Grounding reads the last fused map
-            output_text_features=run_alignment,
+            output_hidden_states=output_hidden_states or shared,  # the shared pass gives Mask Grounding its tokens
+            output_text_features=run_alignment or shared,
             output_attentions=output_attentions,
             return_dict=True,
         )
@@ -1357,11 +1450,15 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
             # `from .module import` form: it is what save_pretrained follows to copy Hub remote code.
             from .losses_magnet import segmentation_losses
 
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
             loss, loss_dict = segmentation_losses(outputs, labels, self.config)
             if run_grounding:
-                grounding = self._mask_grounding_loss(outputs, attention_mask, labels, masked_input_ids, mlm_labels)
+                if shared:
+                    masked_pass = (list(outputs.fused_features), outputs.text_features)
+                else:
+                    masked_pass = None
+                grounding = self._mask_grounding_loss(
+                    pixel_values, attention_mask, labels, masked_input_ids, mlm_labels, masked_pass
+                )
                 loss = loss + self.config.mask_grounding_loss_weight * grounding
                 loss_dict["loss_mask_grounding"] = grounding.detach()
             if run_alignment:
@@ -1379,29 +1476,42 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
 
     def _mask_grounding_loss(
         self,
-        outputs: MagNetModelOutput,
+        pixel_values: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         masked_input_ids: torch.Tensor,
         mlm_labels: torch.Tensor,
+        masked_pass: tuple[list[torch.Tensor], torch.Tensor] | None,
     ) -> torch.Tensor:
-        """Runs the plain text encoder (all layers, no fusion) on the masked sentence and the Mask Grounding head."""
+        """
+        Mask Grounding's cross-entropy over the masked tokens of the batch. `masked_pass` is the (fused maps,
+        language stream) of the shared forward on the masked sentence; without it (`separate` mode) the fused encoder
+        runs again on the masked sentence, for the samples that have a masked token only (with the authors' rule
+        about 4 in 10 short sentences draw none, and they add no loss).
+        """
         from .losses_magnet import IGNORE_INDEX, mask_grounding_loss
 
-        text_encoder = self.model.text_encoder
-        masked_text_features = text_encoder(
-            input_ids=masked_input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=torch.zeros_like(masked_input_ids),
-        ).last_hidden_state  # (batch, words, text_hidden)
-        predict_positions = mlm_labels != IGNORE_INDEX
+        predict_positions = mlm_labels != IGNORE_INDEX  # (batch, words)
+        if masked_pass is None:
+            rows = predict_positions.any(1).nonzero().flatten()
+            if rows.numel() == 0:
+                # One sample with nothing to predict keeps every head parameter in the graph (a zero loss), as
+                # distributed data parallel wants the same parameters used in every process.
+                rows = torch.zeros(1, dtype=torch.long, device=masked_input_ids.device)
+            if rows.numel() < masked_input_ids.shape[0]:  # the whole batch needs no copy
+                pixel_values, masked_input_ids, attention_mask = pixel_values[rows], masked_input_ids[rows], attention_mask[rows]
+                labels, predict_positions, mlm_labels = labels[rows], predict_positions[rows], mlm_labels[rows]
+            fused_features, language_features = self.model.encode(
+                pixel_values, masked_input_ids, attention_mask, run_last_language_fusion=True
+            )
+        else:
+            fused_features, language_features = masked_pass
         token_logits = self.mask_grounding(
-            masked_text_features,
+            language_features,
             attention_mask,
-            outputs.fused_features[-1],
+            fused_features[self.config.mask_grounding_stage],
             labels,
             predict_positions,
-            text_encoder.embeddings.word_embeddings.weight,
         )
         return mask_grounding_loss(token_logits, mlm_labels[predict_positions])
 

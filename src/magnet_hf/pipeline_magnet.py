@@ -52,9 +52,12 @@ def _as_dtype(dtype: Any) -> torch.dtype | None:
         resolved = getattr(torch, dtype, None)
         if not isinstance(resolved, torch.dtype):
             raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'.")
-        return resolved
+        dtype = resolved
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype or its name, got {type(dtype).__name__}.")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        # Anything else (int8, bool, complex64, float64...) would silently run in float32.
+        raise ValueError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16.")
     return dtype
 
 
@@ -211,7 +214,8 @@ class MagNetReferringSegmentationPipeline(ChunkPipeline):
             {
                 "score": float(result["score"]),
                 "label": output["label"],
-                "mask": Image.fromarray(result["mask"].cpu().numpy().astype(np.uint8) * 255),
+                # bool viewed as 0/1 bytes, times 255 in place of a float or int detour: one byte per pixel in total.
+                "mask": Image.fromarray(result["mask"].cpu().numpy().view(np.uint8) * np.uint8(255)),
             }
             for output, result in zip(model_outputs, results)
         ]

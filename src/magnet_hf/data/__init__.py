@@ -11,22 +11,69 @@
 - :func:`safe_load_pickle`: restricted loading of refs pickles.
 """
 
-from .collate import DataCollatorForReferringSegmentation, PhotometricAugment, mask_tokens
-from .errors import ReferDataError
-from .explode import explode_sentences
-from .hub_layouts import (
-    coco_file_name,
-    filter_to_partition,
-    from_jxu124,
-    from_lmms,
-    load_hub_layout,
-    refer_partition_index,
-)
-from .masks import decode_segmentation
-from .refer import build_refer_dataset, prepare_refer_dataset
-from .safe_pickle import RestrictedUnpickler, safe_load_pickle
-from .schema import PARTITIONS, REFER_FEATURES, partition_splits
-from .synthetic import Scene, SceneObject, build_synthetic_dataset, describe_objects, generate_scene
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Submodule of each public name, imported on first access (PEP 562): the collator imports torch, and the data
+# preparation command should not pay for it.
+_LAZY_NAMES: dict[str, str] = {
+    "DataCollatorForReferringSegmentation": "collate",
+    "PhotometricAugment": "collate",
+    "mask_tokens": "collate",
+    "ReferDataError": "errors",
+    "explode_sentences": "explode",
+    "coco_file_name": "hub_layouts",
+    "filter_to_partition": "hub_layouts",
+    "from_jxu124": "hub_layouts",
+    "from_lmms": "hub_layouts",
+    "load_hub_layout": "hub_layouts",
+    "refer_partition_index": "hub_layouts",
+    "decode_segmentation": "masks",
+    "build_refer_dataset": "refer",
+    "prepare_refer_dataset": "refer",
+    "RestrictedUnpickler": "safe_pickle",
+    "safe_load_pickle": "safe_pickle",
+    "PARTITIONS": "schema",
+    "REFER_FEATURES": "schema",
+    "partition_splits": "schema",
+    "Scene": "synthetic",
+    "SceneObject": "synthetic",
+    "build_synthetic_dataset": "synthetic",
+    "describe_objects": "synthetic",
+    "expression_kind": "synthetic",
+    "generate_scene": "synthetic",
+}
+
+if TYPE_CHECKING:
+    from .collate import DataCollatorForReferringSegmentation, PhotometricAugment, mask_tokens
+    from .errors import ReferDataError
+    from .explode import explode_sentences
+    from .hub_layouts import (
+        coco_file_name,
+        filter_to_partition,
+        from_jxu124,
+        from_lmms,
+        load_hub_layout,
+        refer_partition_index,
+    )
+    from .masks import decode_segmentation
+    from .refer import build_refer_dataset, prepare_refer_dataset
+    from .safe_pickle import RestrictedUnpickler, safe_load_pickle
+    from .schema import PARTITIONS, REFER_FEATURES, partition_splits
+    from .synthetic import Scene, SceneObject, build_synthetic_dataset, describe_objects, expression_kind, generate_scene
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES))
+
 
 __all__ = [
     "DataCollatorForReferringSegmentation",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
+from .. import exit_status
 from .errors import ReferDataError
 from .refer import prepare_refer_dataset
 from .schema import PARTITIONS
@@ -32,6 +32,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+@exit_status.guard_resources
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the conversion; returns the process exit status (0 ok, 2 bad input, 3 push failed)."""
     args = build_parser(prog).parse_args(argv)
@@ -48,15 +49,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             num_proc=args.num_proc,
         )
     except ReferDataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        exit_status.error(error)
+        return exit_status.BAD_INPUT
     for split, split_dataset in dataset.items():
         print(f"{split}: {split_dataset.num_rows} refs")
     if args.push_to_hub:
         try:
             dataset.push_to_hub(args.push_to_hub)
         except Exception as error:  # network and authentication errors vary by backend
-            print(f"error: saved to {args.output}, but pushing to {args.push_to_hub} failed: {error}", file=sys.stderr)
-            return 3
+            exit_status.error(f"saved to {args.output}, but pushing to {args.push_to_hub} failed: {error}")
+            return exit_status.UPLOAD_FAILED
         print(f"pushed to {args.push_to_hub}")
     return 0

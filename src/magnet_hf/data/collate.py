@@ -33,13 +33,13 @@ def mask_tokens(
     ratio: float = 0.15,
     replace_prob: float = 0.9,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT-style token masking for Mask Grounding.
+    """Token masking for Mask Grounding, by the rule the MagNet authors point to (OVR-CNN's).
 
-    In each row, ``max(1, round(ratio * n))`` of the ``n`` maskable tokens are chosen (none when
-    ``ratio == 0`` or ``n == 0``); a maskable token is attended (``attention_mask == 1``) and not a
-    special token. Each chosen token becomes ``mask_token_id`` with probability ``replace_prob`` and
-    keeps its id otherwise. At least one token per non-empty sentence is chosen so every sample
-    contributes to the Mask Grounding loss.
+    Every maskable token (attended, ``attention_mask == 1``, and not a special token) is chosen
+    independently with probability ``ratio``; a chosen token becomes ``mask_token_id`` with
+    probability ``replace_prob`` and keeps its id otherwise. A sentence may draw no token at all
+    (``(1 - ratio) ** n`` of the time): its labels are all :data:`IGNORE_INDEX`, and it adds no
+    Mask Grounding loss.
 
     Args:
         input_ids: ``(B, L)`` token ids.
@@ -47,7 +47,7 @@ def mask_tokens(
         mask_token_id: id of ``[MASK]``.
         special_ids: ids never masked (``[CLS]``, ``[SEP]``, ``[PAD]``, ...).
         generators: one NumPy generator per row (decides which tokens and how).
-        ratio: fraction of maskable tokens to choose, in ``[0, 1]``.
+        ratio: probability that a maskable token is chosen, in ``[0, 1]``.
         replace_prob: probability that a chosen token is replaced by ``[MASK]``, in ``[0, 1]``.
 
     Returns:
@@ -63,14 +63,11 @@ def mask_tokens(
     masked = input_ids.clone()
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     for row, rng in enumerate(generators):
-        positions = np.flatnonzero(maskable[row])
-        if ratio == 0 or positions.size == 0:
-            continue
-        count = max(1, int(round(ratio * positions.size)))
-        chosen = np.sort(rng.choice(positions, size=count, replace=False))
-        replace = rng.random(count) < replace_prob
+        # Both draws cover the whole row, so a token's fate does not depend on its neighbours' padding.
+        chosen = maskable[row] & (rng.random(maskable.shape[1]) < ratio)
+        replace = chosen & (rng.random(maskable.shape[1]) < replace_prob)
         labels[row, chosen] = input_ids[row, chosen]
-        masked[row, chosen[replace]] = mask_token_id
+        masked[row, replace] = mask_token_id
     return masked, labels
 
 
@@ -123,8 +120,10 @@ class DataCollatorForReferringSegmentation:
             and ``tokenizer`` attributes).
         train: training mode (random sentence, augmentation) or evaluation mode.
         mask_grounding: produce ``masked_input_ids``/``mlm_labels``; defaults to ``train``.
-        mask_ratio: fraction of maskable tokens chosen for Mask Grounding (default 0.15).
-        mask_replace_prob: probability a chosen token becomes ``[MASK]`` (default 0.9); the others keep their id.
+        mask_ratio: probability that each maskable token is chosen for Mask Grounding (default 0.15,
+            ``MagNetConfig.mask_grounding_mask_probability``).
+        mask_replace_prob: probability a chosen token becomes ``[MASK]`` (default 0.9,
+            ``mask_grounding_replace_probability``); the others keep their id.
         seed: base seed of every random choice.
         augment: optional ``(image, mask, rng) -> (image, mask)`` applied in training only
             (e.g. :class:`PhotometricAugment`); off by default.

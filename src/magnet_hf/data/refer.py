@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import uuid
 from collections import Counter
@@ -34,6 +35,28 @@ from .storage import atomic_output_dir
 logger = logging.getLogger(__name__)
 
 _REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences", "category_id")
+_REF_INT_KEYS = ("ref_id", "ann_id", "image_id", "category_id")
+#: Largest image (and so mask) accepted from instances.json, in pixels: the bound on what decoding may allocate.
+MAX_IMAGE_PIXELS = 20_000 * 20_000
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def has_words(text: str) -> bool:
+    """Whether `text` holds anything but whitespace, control and zero-width (format) characters."""
+    import unicodedata
+
+    return any(not character.isspace() and unicodedata.category(character) not in ("Cc", "Cf") for character in text)
+
+
+def _safe_file_name(name: Any) -> bool:
+    # A file_name is joined to --coco-images: an absolute path or '..' would embed a file from elsewhere.
+    if not isinstance(name, str) or not name or "\x00" in name:
+        return False
+    path = Path(name)
+    return not path.is_absolute() and ".." not in path.parts and not name.startswith(("/", "\\", "~"))
 
 
 def refer_paths(refer_root: str | os.PathLike, dataset: str, split_by: str) -> tuple[Path, Path]:
@@ -64,6 +87,13 @@ def _validate_refs(refs: Any, refs_path: Path) -> list[dict[str, Any]]:
         missing = [key for key in _REF_KEYS if key not in ref]
         if missing:
             raise ReferDataError(f"{refs_path}: ref #{index} lacks field(s) {missing}.")
+        not_int = [key for key in _REF_INT_KEYS if not _is_int(ref[key])]
+        if not_int:
+            raise ReferDataError(
+                f"{refs_path}: ref #{index} has non-integer {', '.join(f'{key}={ref[key]!r}' for key in not_int)}."
+            )
+        if not isinstance(ref["split"], str):
+            raise ReferDataError(f"{refs_path}: ref_id {ref['ref_id']} has a non-string split {ref['split']!r}.")
         sentences = ref["sentences"]
         if not isinstance(sentences, list) or not sentences or not all(
             isinstance(s, dict) and isinstance(s.get("sent"), str) for s in sentences
@@ -71,7 +101,34 @@ def _validate_refs(refs: Any, refs_path: Path) -> list[dict[str, Any]]:
             raise ReferDataError(
                 f"{refs_path}: ref_id {ref['ref_id']} needs a non-empty 'sentences' list of dicts with a 'sent' string."
             )
+        empty = [s["sent"] for s in sentences if not has_words(s["sent"])]
+        if empty:
+            # An empty expression tokenises to [CLS][SEP] only and breaks the Mask Grounding masking in training.
+            raise ReferDataError(f"{refs_path}: ref_id {ref['ref_id']} has an empty sentence {empty[0]!r}.")
     return refs
+
+
+def _validate_instances(refs: list[dict[str, Any]], images: dict, annotations: dict, instances_path: Path) -> None:
+    """Checks the images and annotations the refs use: types, a bounded size, a safe file name, a bbox."""
+    for image_id in sorted({ref["image_id"] for ref in refs}):
+        image = images[image_id]
+        where = f"{instances_path}: image {image_id}"
+        if not _safe_file_name(image.get("file_name")):
+            raise ReferDataError(
+                f"{where} has file_name {image.get('file_name')!r}; it must be a relative path inside --coco-images."
+            )
+        height, width = image.get("height"), image.get("width")
+        if not (_is_int(height) and _is_int(width) and height > 0 and width > 0):
+            raise ReferDataError(f"{where} needs positive integer 'height' and 'width', got {height!r} x {width!r}.")
+        if height * width > MAX_IMAGE_PIXELS:
+            raise ReferDataError(f"{where} claims {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} accepted.")
+    for ann_id in sorted({ref["ann_id"] for ref in refs}):
+        bbox = annotations[ann_id].get("bbox")
+        if not (
+            isinstance(bbox, (list, tuple)) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+        ):
+            raise ReferDataError(f"{instances_path}: annotation {ann_id} needs a 'bbox' of four finite numbers, got {bbox!r}.")
 
 
 def plan_refer_rows(
@@ -110,6 +167,10 @@ def plan_refer_rows(
             f"{refs_path}: unknown split name(s) {unknown}; this partition has {list(splits)}. "
             "Check --dataset/--split-by match the refs file."
         )
+    for key in ("images", "annotations"):
+        broken = [index for index, entry in enumerate(instances[key]) if not isinstance(entry, dict) or not _is_int(entry.get("id"))]
+        if broken:
+            raise ReferDataError(f"{instances_path}: {key} entry #{broken[0]} is not an object with an integer 'id'.")
     images = {image["id"]: image for image in instances["images"]}
     annotations = {ann["id"]: ann for ann in instances["annotations"]}
 
@@ -136,6 +197,7 @@ def plan_refer_rows(
         raise ReferDataError(
             f"{instances_path}: annotation(s) {first_items(no_seg)} referred to in {refs_path} have no 'segmentation'."
         )
+    _validate_instances(refs, images, annotations, instances_path)
 
     coco_images = Path(coco_images)
     if not coco_images.is_dir():
@@ -333,7 +395,11 @@ def prepare_refer_dataset(
             cache_dir=staging.cache_dir,
             num_proc=num_proc,
         )
-        built.save_to_disk(os.fspath(staging.dataset_dir))
+        empty = [split for split in built if built[split].num_rows == 0]
+        if empty:
+            logger.warning("Split(s) %s have no refs (all their images missing?); they are saved empty.", empty)
+        # An empty split needs one (empty) shard written explicitly, or load_from_disk cannot read the folder.
+        built.save_to_disk(os.fspath(staging.dataset_dir), num_shards={split: 1 for split in empty} or None)
         counts = Counter({split: built[split].num_rows for split in built})
         logger.info("Saved %s (%s) to %s: %s", dataset, split_by, output, dict(counts))
     return load_from_disk(os.fspath(output))

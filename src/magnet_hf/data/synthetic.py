@@ -241,7 +241,12 @@ def generate_scene(
     return Scene(image=Image.fromarray(pixels, mode="RGB"), objects=objects, expressions=describe_objects(objects))
 
 
-def _kind(text: str) -> str:
+#: The kinds of expression the generator writes (see the module docstring).
+EXPRESSION_KINDS: tuple[str, ...] = ("attribute", "relation", "ordinal", "superlative")
+
+
+def expression_kind(text: str) -> str:
+    """Which of :data:`EXPRESSION_KINDS` an expression of the generator is."""
     if any(f" {relation} the " in text for relation in RELATIONS):
         return "relation"
     if text.endswith(("from the left", "from the right", "from the top", "from the bottom")):
@@ -256,7 +261,7 @@ def _pick_sentences(texts: list[str], count: int, rng: np.random.Generator) -> l
     # superlative) is well represented instead of the most prolific one.
     by_kind: dict[str, list[str]] = {}
     for text in texts:
-        by_kind.setdefault(_kind(text), []).append(text)
+        by_kind.setdefault(expression_kind(text), []).append(text)
     pools = [list(rng.permutation(by_kind[kind])) for kind in sorted(by_kind)]
     pools = [pools[i] for i in rng.permutation(len(pools))]
     picked: list[str] = []

@@ -5,10 +5,11 @@
 - `train(args) -> TrainingResult`: one run (single process, `accelerate launch` or torchrun).
 - `build_optimizer_and_scheduler`, `parameter_groups`, `PolyWithWarmup`: the recipe's AdamW and poly decay.
 - `latest_checkpoint`, `save_checkpoint`, `save_pretrained_atomic`: checkpoints that never load half-written.
-- `run_ablation`: the same run with and without Mask Grounding and the alignment loss over several seeds.
+- `run_ablation`, `summarise`, `format_report`: one run per variant (Mask Grounding, its mode, the alignment loss,
+  the language masking) and seed, scored on held-out scenes with paired bootstrap intervals.
 """
 
-from .ablation import VARIANTS, format_ablation_table, run_ablation
+from .ablation import ablation_variants, format_report, run_ablation, summarise
 from .arguments import DEFAULT_LEARNING_RATES, TrainingArguments, TrainingError, build_parser, parse_args
 from .checkpoints import latest_checkpoint, list_checkpoints, save_checkpoint, save_pretrained_atomic
 from .optimization import PolyWithWarmup, build_optimizer_and_scheduler, no_decay_parameter_names, parameter_groups
@@ -21,10 +22,10 @@ __all__ = [
     "TrainingArguments",
     "TrainingError",
     "TrainingResult",
-    "VARIANTS",
+    "ablation_variants",
     "build_optimizer_and_scheduler",
     "build_parser",
-    "format_ablation_table",
+    "format_report",
     "latest_checkpoint",
     "list_checkpoints",
     "no_decay_parameter_names",
@@ -33,5 +34,6 @@ __all__ = [
     "run_ablation",
     "save_checkpoint",
     "save_pretrained_atomic",
+    "summarise",
     "train",
 ]

@@ -1,82 +1,245 @@
 # Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
-"""Ablation of the auxiliary losses: one training setting with and without Mask Grounding and the alignment loss,
-over several seeds, summarised as a table of best validation oIoU."""
+"""Ablation of MagNet's training choices: one setting trained once per variant and seed, each run scored on held-out
+synthetic scenes (a seed never used for training or model selection), summarised with per-kind oIoU, paired
+bootstrap confidence intervals against the full model, the full model's validation curve and the step time."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from .arguments import TrainingArguments, TrainingError, build_parser
 from .trainer import train
 
-#: (name, mask grounding on, alignment loss on)
-VARIANTS: tuple[tuple[str, bool, bool], ...] = (
-    ("full", True, True),
-    ("no-mask-grounding", False, True),
-    ("no-alignment", True, False),
-    ("segmentation-only", False, False),
-)
+FULL = "full"
 
 
-def run_ablation(base: TrainingArguments, seeds: Sequence[int], variants=VARIANTS) -> dict[str, list[float]]:
-    """Trains `base` once per variant and seed into `base.output_dir/<variant>-seed<k>`; returns best val oIoU lists.
+def ablation_variants() -> dict[str, dict[str, Any]]:
+    """Variant name -> `MagNetConfig` overrides on top of the base run (`full` is the base itself)."""
+    from ..configuration_magnet import MagNetConfig
 
-    A run whose folder already holds a finished model (`eval_results.json`) is read back instead of retrained, so an
-    interrupted ablation can be restarted with the same command.
-    """
-    import json
+    default_mode = MagNetConfig().mask_grounding_mode
+    other_mode = "shared" if default_mode == "separate" else "separate"
+    return {
+        FULL: {},
+        "no-mask-grounding": {"use_mask_grounding": False},
+        "no-alignment": {"use_alignment_loss": False},
+        "segmentation-only": {"use_mask_grounding": False, "use_alignment_loss": False},
+        f"mask-grounding-{other_mode}": {"mask_grounding_mode": other_mode},
+        "corrected-language-masking": {"released_language_masking": False},
+    }
 
+
+def heldout_split(run_dir: Path, seed: int, num_images: int) -> Any:
+    """Held-out scenes at the image size of the model in `run_dir`: every image of synthetic seed `seed` (disjoint
+    from the training scenes by seed), one row per (object, sentence)."""
+    from ..configuration_magnet import MagNetConfig
+    from ..data import build_synthetic_dataset, explode_sentences
+
+    image_size = MagNetConfig.from_pretrained(str(run_dir)).image_size
+    splits = build_synthetic_dataset({"test": num_images}, image_size=image_size, seed=seed)
+    return explode_sentences(splits["test"])
+
+
+def score_heldout(model_dir: Path, heldout: Any, batch_size: int = 32) -> dict[str, Any]:
+    """Per-expression intersection and union of the model in `model_dir` on `heldout`, with each expression's kind."""
+    from ..data import expression_kind
+    from ..evaluation import evaluate_referring_segmentation
+    from ..metrics import ReferringSegmentationMetric
+    from ..modeling_magnet import MagNetForReferringSegmentation
+    from ..processing_magnet import MagNetProcessor
+
+    model = MagNetForReferringSegmentation.from_pretrained(str(model_dir))
+    processor = MagNetProcessor.from_pretrained(str(model_dir))
+    metric = ReferringSegmentationMetric()
+    evaluate_referring_segmentation(model, processor, heldout, batch_size=batch_size, progress=False, metric=metric)
+    return {
+        "intersections": metric.intersections.tolist(),
+        "unions": metric.unions.tolist(),
+        "kinds": [expression_kind(sentences[0]) for sentences in heldout["sentences"]],
+    }
+
+
+def run_ablation(
+    base: TrainingArguments,
+    seeds: Sequence[int],
+    variants: Mapping[str, Mapping[str, Any]],
+    heldout_seed: int,
+    heldout_images: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Trains `base` once per variant and seed into `base.output_dir/<variant>-seed<k>` and scores its best model on
+    the held-out scenes. Returns, per variant, one record per seed: held-out counts, validation history and step
+    times. Finished runs (with `heldout.json`) are read back, so an interrupted ablation restarts where it stopped."""
+    if base.dataset == "synthetic" and heldout_seed == base.synthetic_seed:
+        raise TrainingError(f"--heldout-seed {heldout_seed} is the training scenes' seed; choose another.")
     root = Path(base.output_dir)
-    results: dict[str, list[float]] = {}
-    for name, mask_grounding, alignment in variants:
+    heldout = None
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name, overrides in variants.items():
         for seed in seeds:
             folder = root / f"{name}-seed{seed}"
-            done = folder / "eval_results.json"
-            if not done.is_file():
-                args = dataclasses.replace(
-                    base, output_dir=str(folder), seed=seed, no_mask_grounding=not mask_grounding,
-                    no_alignment_loss=not alignment, resume="latest" if folder.exists() else None, overwrite=False,
-                )
-                train(args)
-            best = json.loads(done.read_text())["best"]
-            results.setdefault(name, []).append(float(best["overall_iou"]) if best else float("nan"))
+            scored = folder / "heldout.json"
+            if not scored.is_file():
+                if not (folder / "eval_results.json").is_file():
+                    args = dataclasses.replace(
+                        base, output_dir=str(folder), seed=seed,
+                        config_overrides={**base.config_overrides, **overrides},
+                        resume="latest" if folder.exists() else None, overwrite=False,
+                    )  # fmt: skip
+                    train(args)
+                if heldout is None:
+                    heldout = heldout_split(folder, heldout_seed, heldout_images)
+                best = folder / "best" if (folder / "best" / "config.json").is_file() else folder
+                counts = score_heldout(best, heldout)
+                state = json.loads((folder / "trainer_state.json").read_text())
+                record = {
+                    **counts,
+                    "eval_history": state.get("eval_history", []),
+                    "seconds_per_step": [e["seconds_per_step"] for e in state.get("log_history", []) if "seconds_per_step" in e],
+                }
+                scored.write_text(json.dumps(record))
+            results.setdefault(name, []).append(json.loads(scored.read_text()))
     return results
 
 
-def format_ablation_table(results: dict[str, list[float]]) -> str:
-    """Markdown table: variant, oIoU per seed, mean and standard deviation (in %)."""
-    lines = ["| variant | oIoU per seed | mean | std |", "|---|---|---|---|"]
-    for name, values in results.items():
-        per_seed = ", ".join(f"{100 * v:.2f}" for v in values)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        lines.append(f"| {name} | {per_seed} | {100 * statistics.mean(values):.2f} | {100 * std:.2f} |")
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def _oiou(intersections: np.ndarray, unions: np.ndarray) -> float:
+    return float(intersections.sum() / max(unions.sum(), 1))
+
+
+def summarise(
+    results: Mapping[str, list[dict[str, Any]]], num_bootstrap: int = 2000, bootstrap_seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Per variant: oIoU per seed, mean and std, oIoU per expression kind (pooled over seeds), median step time, and
+    against `full` the mean difference with a paired bootstrap 95 % interval. The bootstrap resamples held-out
+    expressions (the same resample for every variant and seed, so the comparison is paired) and averages the
+    oIoU over seeds in each resample."""
+    arrays = {
+        name: [(np.asarray(r["intersections"], dtype=np.float64), np.asarray(r["unions"], dtype=np.float64)) for r in runs]
+        for name, runs in results.items()
+    }
+    kinds = np.asarray(next(iter(results.values()))[0]["kinds"])
+    num = kinds.size
+    rng = np.random.default_rng(bootstrap_seed)
+    resamples = rng.integers(0, num, size=(num_bootstrap, num))
+
+    def mean_over_seeds(name: str, index: np.ndarray | None = None) -> float:
+        values = [_oiou(i if index is None else i[index], u if index is None else u[index]) for i, u in arrays[name]]
+        return float(np.mean(values))
+
+    boot = {name: np.array([mean_over_seeds(name, index) for index in resamples]) for name in arrays}
+    summary: dict[str, dict[str, Any]] = {}
+    for name, runs in arrays.items():
+        per_seed = [_oiou(i, u) for i, u in runs]
+        entry: dict[str, Any] = {
+            "oiou_per_seed": per_seed,
+            "oiou_mean": float(np.mean(per_seed)),
+            "oiou_std": float(statistics.stdev(per_seed)) if len(per_seed) > 1 else 0.0,
+            "per_kind": {
+                kind: float(np.mean([_oiou(i[kinds == kind], u[kinds == kind]) for i, u in runs]))
+                for kind in sorted(set(kinds.tolist()))
+            },
+            "num_expressions": int(num),
+            "seconds_per_step": float(np.median([s for r in results[name] for s in r["seconds_per_step"]] or [np.nan])),
+        }
+        if name != FULL and FULL in arrays:
+            difference = boot[name] - boot[FULL]
+            entry["difference"] = entry["oiou_mean"] - mean_over_seeds(FULL)
+            entry["difference_ci95"] = [float(np.percentile(difference, 2.5)), float(np.percentile(difference, 97.5))]
+        summary[name] = entry
+    return summary
+
+
+def validation_curve(runs: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(step, val oIoU averaged over seeds) at every evaluation the runs share."""
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        for entry in run["eval_history"]:
+            by_step.setdefault(int(entry["step"]), []).append(float(entry["overall_iou"]))
+    return [(step, float(np.mean(values))) for step, values in sorted(by_step.items()) if len(values) == len(runs)]
+
+
+def format_report(summary: Mapping[str, Mapping[str, Any]], curve: list[tuple[int, float]]) -> str:
+    """Markdown: the variant table (oIoU in %, differences in points), the per-kind table and the full model's
+    validation curve."""
+    kinds = sorted(next(iter(summary.values()))["per_kind"])
+    base_time = summary.get(FULL, {}).get("seconds_per_step")
+    lines = [
+        "| variant | held-out oIoU per seed | mean ± std | Δ vs full [95 % CI] | s/step | step time vs full |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, entry in summary.items():
+        per_seed = ", ".join(f"{100 * v:.1f}" for v in entry["oiou_per_seed"])
+        if "difference" in entry:
+            low, high = entry["difference_ci95"]
+            delta = f"{100 * entry['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+        else:
+            delta = "–"
+        ratio = f"{entry['seconds_per_step'] / base_time:.2f}" if base_time else "–"
+        lines.append(
+            f"| {name} | {per_seed} | {100 * entry['oiou_mean']:.1f} ± {100 * entry['oiou_std']:.1f} | {delta} | "
+            f"{entry['seconds_per_step']:.3f} | {ratio} |"
+        )
+    lines += ["", "| variant | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name, entry in summary.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * entry['per_kind'][k]:.1f}" for k in kinds) + " |")
+    if curve:
+        lines += ["", "Full model, val oIoU (mean over seeds) by step:", "",
+                  "| step | " + " | ".join(str(step) for step, _ in curve) + " |",
+                  "|---|" + "---|" * len(curve),
+                  "| val oIoU | " + " | ".join(f"{100 * value:.1f}" for _, value in curve) + " |"]  # fmt: skip
+    lines.append("")
+    num = next(iter(summary.values()))["num_expressions"]
+    lines.append(f"{num} held-out expressions; intervals: paired bootstrap over expressions, seeds averaged.")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`scripts/ablate.py`: every flag of `train.py` plus `--seeds`; `--output-dir` holds one folder per run."""
+    """`scripts/ablate.py`: every flag of `train.py` plus `--seeds`, `--variants`, `--heldout-seed`,
+    `--heldout-images` and `--bootstrap`; `--output-dir` holds one folder per run and the report `ablation.md`."""
+    variants = ablation_variants()
     parser = build_parser()
     parser.prog = "ablate.py"
-    parser.description = "Train one setting with/without Mask Grounding and the alignment loss over seeds; print oIoU."
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.description = "Train one setting once per variant and seed; score held-out scenes; print the report."
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", choices=sorted(variants), default=list(variants),
+                        help="variants to run (full is always included: the differences are against it)")  # fmt: skip
+    parser.add_argument("--heldout-seed", type=int, default=1, help="synthetic seed of the held-out scenes")
+    parser.add_argument("--heldout-images", type=int, default=300, help="held-out scenes (about 6 expressions each)")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the confidence intervals")
     try:
         namespace = parser.parse_args(argv)
     except SystemExit as exit:
         return int(exit.code or 0)
     values = vars(namespace)
-    seeds = values.pop("seeds")
+    seeds, chosen = values.pop("seeds"), values.pop("variants")
+    heldout_seed, heldout_images, bootstrap = values.pop("heldout_seed"), values.pop("heldout_images"), values.pop("bootstrap")
     values["config_overrides"] = dict(values["config_overrides"])
     try:
         if values["resume"] is not None or values["no_mask_grounding"] or values["no_alignment_loss"]:
             raise TrainingError("ablate.py chooses --resume and the loss switches itself; leave them out.")
+        if heldout_images < 1 or bootstrap < 1 or len(set(seeds)) != len(seeds):
+            raise TrainingError("--heldout-images and --bootstrap must be positive and --seeds distinct.")
         base = TrainingArguments(**values).validate()
-        results = run_ablation(base, seeds)
+        selected = {name: variants[name] for name in variants if name == FULL or name in chosen}
+        results = run_ablation(base, seeds, selected, heldout_seed, heldout_images)
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_ablation_table(results))
+    report = format_report(summarise(results, bootstrap), validation_curve(results[FULL]))
+    output = Path(base.output_dir) / "ablation.md"
+    temporary = output.with_suffix(".md.tmp")
+    temporary.write_text(report + "\n")
+    temporary.replace(output)
+    print(report)
+    print(f"\nreport written to {output}")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,12 @@ class TrainingArguments:
             raise TrainingError(f"--eval-strategy must be one of {list(EVAL_STRATEGIES)}, got {self.eval_strategy!r}.")
         if self.eval_strategy == "steps" and not self.eval_steps:
             raise TrainingError("--eval-strategy steps needs --eval-steps N.")
+        numbers = {"--learning-rate": self.learning_rate, "--weight-decay": self.weight_decay,
+                   "--max-grad-norm": self.max_grad_norm, "--poly-power": self.poly_power}
+        for flag, value in numbers.items():
+            # NaN compares false with everything, so the range checks below would let it through.
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise TrainingError(f"{flag} must be a finite number, got {value}.")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise TrainingError(f"--learning-rate must be positive, got {self.learning_rate}.")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.poly_power < 0:

@@ -3,19 +3,22 @@
 
 Layout of a run's `output_dir`::
 
-    checkpoints/step-000200/   accelerate `save_state` (model, optimizer, scheduler, RNG of every process),
-                               the processor, `config.json`, `training_args.json`, `trainer_state.json`
+    checkpoints/step-000200/   the training state in safetensors and JSON (`state.py`: model, optimizer,
+                               scheduler, RNG of every process), the processor, `config.json`,
+                               `training_args.json`, `trainer_state.json`
     checkpoints/.tmp-step-…/   a checkpoint being written; never resumed from, removed on the next save
     best/                      `save_pretrained` model and processor with the best validation oIoU
     config.json, model.safetensors, processor files, training_args.json, eval_results.json  (the final model)
 
 A rename within one file system is atomic, so a kill at any moment leaves either the complete checkpoint or
-none: `latest_checkpoint` only considers folders named `step-NNNNNN` that hold `trainer_state.json`.
+none: `latest_checkpoint` only considers folders named `step-NNNNNN` that hold `trainer_state.json`, and
+`latest_good_checkpoint` also reads every file of one (a corrupt or poisoned checkpoint is skipped with a warning).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,6 +26,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..atomic import apply_default_modes
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -54,7 +61,49 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def read_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+    """The loop state saved with a checkpoint.
+
+    Raises:
+        TrainingError: the file is missing, not JSON, or lacks a whole `global_step`.
+    """
+    from .arguments import TrainingError
+
+    path = Path(checkpoint) / TRAINER_STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TrainingError(f"{path} is unreadable or not JSON ({error}).") from None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int) or state["global_step"] < 0:
+        raise TrainingError(f"{path} has no non-negative integer 'global_step'; it is not a trainer state.")
+    return state
+
+
+def check_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """Reads a checkpoint's trainer state and every file of its training state; returns the trainer state.
+
+    Raises:
+        TrainingError: anything that makes the checkpoint unusable (see `state.check_training_state`).
+    """
+    from .state import check_training_state
+
+    state = read_trainer_state(checkpoint)
+    processes = state.get("num_processes", 1)
+    check_training_state(Path(checkpoint), num_processes=processes if isinstance(processes, int) and processes > 0 else 1)
+    return state
+
+
+def latest_good_checkpoint(output_dir: str | os.PathLike, warn: bool = True) -> Path | None:
+    """The newest checkpoint that passes `check_checkpoint`; each newer one that fails is skipped with a warning."""
+    from .arguments import TrainingError
+
+    for checkpoint in reversed(list_checkpoints(output_dir)):
+        try:
+            check_checkpoint(checkpoint)
+            return checkpoint
+        except TrainingError as error:
+            if warn:
+                logger.warning(f"skipping checkpoint {checkpoint.name}: {error}")
+    return None
 
 
 def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
@@ -87,18 +136,20 @@ def save_checkpoint(
     step: int,
     trainer_state: dict[str, Any],
     write_extras: Callable[[Path], None],
+    write_state: Callable[[Path], None],
     total_limit: int | None = None,
 ) -> Path:
     """Saves the full training state at `step` atomically; every process must call it.
 
     Args:
-        accelerator: the run's `Accelerator` (its `save_state` writes model, optimizer, registered objects and the
-            RNG states of all processes).
+        accelerator: the run's `Accelerator` (for the process rank and the barriers).
         output_dir: the run's output folder.
         step: optimizer steps done.
         trainer_state: JSON-able loop state (step, epoch, best metric, log history); written last, so its presence
             marks a complete folder.
         write_extras: called on the main process with the temporary folder, to add the processor, config, ...
+        write_state: called on every process with the temporary folder to write its part of the training state
+            (`state.save_training_state`); an exception leaves only the temporary folder, removed here.
         total_limit: keep at most this many checkpoints (oldest removed after the new one is in place).
 
     Returns:
@@ -114,19 +165,28 @@ def save_checkpoint(
             shutil.rmtree(stale, ignore_errors=True)
         temporary.mkdir()
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    try:
+        write_state(temporary)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_extras(temporary)
+            write_json_atomic(trainer_state, temporary / TRAINER_STATE)
+            apply_default_modes(temporary)  # transformers writes model.safetensors 0600 whatever the umask
+            _fsync_tree(temporary)
+            if final.exists():  # the same step saved again (e.g. resumed at a checkpoint and stopped at once)
+                retired = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+                final.rename(retired)
+                temporary.rename(final)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                temporary.rename(final)
+    except BaseException:
+        # A failed save (full disk, refused non-finite state) must not leave a large hidden folder behind; a kill
+        # still can, and the next save removes it.
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        write_extras(temporary)
-        write_json_atomic(trainer_state, temporary / TRAINER_STATE)
-        _fsync_tree(temporary)
-        if final.exists():  # the same step saved again (e.g. resumed at a checkpoint and stopped at once)
-            retired = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(retired)
-            temporary.rename(final)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            temporary.rename(final)
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -147,6 +207,7 @@ def save_pretrained_atomic(model: Any, processor: Any, target: str | os.PathLike
         processor.save_pretrained(str(temporary))
         for name, data in (extra_json or {}).items():
             write_json_atomic(data, temporary / name)
+        apply_default_modes(temporary)  # transformers writes model.safetensors 0600 whatever the umask
         _fsync_tree(temporary)
         if target.exists():
             retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"

@@ -8,13 +8,16 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .. import exit_status
 from .arguments import TrainingError, parse_args
-from .trainer import NonFiniteLossError, train
+from .trainer import NonFiniteLossError, PushFailedError, train
 
-#: Exit codes: 0 done (or stopped by SIGTERM after saving), 1 diverged (non-finite loss), 2 bad input.
-EXIT_OK, EXIT_DIVERGED, EXIT_BAD_INPUT = 0, 1, 2
+#: Exit codes (`magnet_hf.exit_status`): 0 done (or stopped by SIGTERM after saving), 2 bad input, 3 --push-to-hub
+#: failed after saving, 4 diverged (non-finite loss or weights), 5 out of memory or disk.
+EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = exit_status.OK, exit_status.BAD_INPUT, exit_status.DIVERGED
 
 
+@exit_status.guard_resources
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the training CLI and returns its exit status."""
     try:
@@ -31,13 +34,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
+    from ..progress import command_progress
+
     try:
-        result = train(args)
+        with command_progress():
+            result = train(args)
     except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
+        exit_status.error(error)
         return EXIT_DIVERGED
+    except PushFailedError as error:
+        exit_status.error(error)
+        return exit_status.UPLOAD_FAILED
     except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
+        exit_status.error(error)
         return EXIT_BAD_INPUT
     if int(os.environ.get("RANK", "0")) != 0:
         return EXIT_OK

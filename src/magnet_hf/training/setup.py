@@ -86,6 +86,11 @@ def build_config(args: TrainingArguments, processor: Any) -> Any:
     from ..configuration_magnet import MagNetConfig, PRESETS
 
     overrides = dict(args.config_overrides)
+    known, known_text = set(MagNetConfig().to_dict()), set(MagNetConfig().text_config.to_dict())
+    unknown = [key for key in overrides if key not in known and not (key.startswith("text_config.") and key[12:] in known_text)]
+    if unknown:
+        # PretrainedConfig keeps unknown keyword arguments as attributes, so a typo would be saved and ignored.
+        raise TrainingError(f"--config-override: unknown MagNetConfig field(s) {unknown}.")
     text_overrides = {key[len("text_config."):]: overrides.pop(key) for key in list(overrides) if key.startswith("text_config.")}
     text_config = {**PRESETS[args.preset].get("text_config", {}), **text_overrides}
     if args.text_encoder is None:
@@ -112,17 +117,19 @@ def apply_loss_switches(config: Any, args: TrainingArguments) -> None:
 def build_model_and_processor(args: TrainingArguments, train_split: Any) -> tuple[Any, Any]:
     """A fresh run's model and processor: a preset (optionally with pretrained Swin and BERT) or `--model`."""
     from ..modeling_magnet import MagNetForReferringSegmentation
-    from ..processing_magnet import MagNetProcessor
 
     if args.model is not None:
         path = Path(args.model).expanduser()
         if path.exists() and not (path / "config.json").is_file():
             raise TrainingError(f"--model {args.model!r} is not a saved model folder (no config.json).")
+        from ..model_folder import ModelFolderError, check_loading_info, load_pretrained, load_processor
+
         try:
-            model = MagNetForReferringSegmentation.from_pretrained(args.model)
-            processor = MagNetProcessor.from_pretrained(args.model)
-        except (OSError, ValueError) as error:
-            raise TrainingError(f"could not load --model {args.model!r}: {error}") from error
+            model, info = load_pretrained(MagNetForReferringSegmentation, args.model)
+            check_loading_info(args.model, {"mismatched_keys": info.get("mismatched_keys")})
+            processor = load_processor(args.model)
+        except ModelFolderError as error:
+            raise TrainingError(f"--model: {error}") from None
         apply_loss_switches(model.config, args)
         return model, processor
 

@@ -4,9 +4,9 @@
 Determinism: the order of epoch `e` is a permutation seeded by `(seed, e)`; step `s` of an epoch takes the
 `s`-th block of `batch_size * processes * accumulation` refs and hands process `r` its `r`-th slice of every
 micro-batch, so one process with batch `2B` sees the same samples per step as two with `B`. The collator's random
-choices are keyed by `(seed, epoch, ref)`. Model, optimizer, scheduler and RNG states go through
-`Accelerator.save_state`, and the data position is the step counter, so a resumed run continues exactly where
-the checkpoint was taken. Evaluation runs on a forked RNG and never shifts the training stream.
+choices are keyed by `(seed, epoch, ref)`. Model, optimizer, scheduler and RNG states are saved as safetensors
+and JSON (`state.py`; never a pickle), and the data position is the step counter, so a resumed run continues
+exactly where the checkpoint was taken. Evaluation runs on a forked RNG and never shifts the training stream.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,9 @@ import torch
 from .arguments import TrainingArguments, TrainingError
 from .checkpoints import (
     BEST_DIR,
-    latest_checkpoint,
+    check_checkpoint,
+    latest_good_checkpoint,
+    list_checkpoints,
     read_trainer_state,
     save_checkpoint,
     save_final_model,
@@ -38,6 +41,7 @@ from .checkpoints import (
     write_json_atomic,
 )
 from .optimization import build_optimizer_and_scheduler
+from .state import NonFiniteStateError, load_training_state, save_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,10 @@ EVAL_METRIC = "overall_iou"
 
 class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the run stopped without saving anything from that step."""
+
+
+class PushFailedError(TrainingError):
+    """The run finished and is saved, but `--push-to-hub` failed."""
 
 
 @dataclass
@@ -85,12 +93,27 @@ class _StopRequest:
 # ------------------------------------------------------------------------------------------------ set-up
 
 
+def _inputs_inside(args: TrainingArguments, output: Path) -> list[str]:
+    """The flags whose local path lies in `output` (which `--overwrite` would replace)."""
+    flags = {"--model": args.model, "--dataset": args.dataset, "--tokenizer": args.tokenizer,
+             "--text-encoder": args.text_encoder, "--image-encoder": args.image_encoder, "--coco-images": args.coco_images}
+    inside = []
+    for flag, value in flags.items():
+        if value and Path(value).expanduser().exists():
+            path = Path(value).expanduser().resolve()
+            if path == output.resolve() or path.is_relative_to(output.resolve()):
+                inside.append(flag)
+    return inside
+
+
 def prepare_output_dir(args: TrainingArguments) -> Path | None:
     """Applies the output-folder rules and finds the checkpoint to resume from (main process only).
 
-    A non-empty `output_dir` is refused unless resuming or `--overwrite` (which moves the old folder aside and
-    deletes it). `--resume latest` without any complete checkpoint starts from scratch, so a restart script can
-    always pass it.
+    A non-empty `output_dir` is refused unless resuming or `--overwrite`; with `--overwrite` nothing is removed
+    here (the run moves the old folder aside once its inputs have loaded, see `_Run._move_old_output_aside`), and an
+    output that holds one of the run's inputs is refused. `--resume latest` takes the newest checkpoint whose
+    files all read back and are finite (skipping broken ones with a warning) and starts from scratch when there is
+    none, so a restart script can always pass it.
     """
     output = Path(args.output_dir).expanduser()
     if output.exists() and not output.is_dir():
@@ -102,15 +125,23 @@ def prepare_output_dir(args: TrainingArguments) -> Path | None:
                     f"--output-dir {output} already exists and is not empty; pass --resume latest to continue "
                     "that run or --overwrite to replace it."
                 )
-            retired = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-            output.rename(retired)
-            shutil.rmtree(retired, ignore_errors=True)
+            inside = _inputs_inside(args, output)
+            if inside:
+                raise TrainingError(
+                    f"--overwrite would replace --output-dir {output}, which holds the input of {' and '.join(inside)}; "
+                    "choose another --output-dir."
+                )
         return None
     if args.resume == "latest":
-        return latest_checkpoint(output)
+        checkpoint = latest_good_checkpoint(output)
+        if checkpoint is None and list_checkpoints(output):
+            raise TrainingError(
+                f"no checkpoint in {output / 'checkpoints'} is usable (see the warnings); pass --overwrite without "
+                "--resume to start again."
+            )
+        return checkpoint
     checkpoint = Path(args.resume)
-    if not (checkpoint / "trainer_state.json").is_file():
-        raise TrainingError(f"--resume {checkpoint} is not a complete checkpoint (no trainer_state.json).")
+    check_checkpoint(checkpoint)
     return checkpoint
 
 
@@ -224,7 +255,6 @@ class _Run:
     def _build(self, set_seed) -> None:
         from ..data import DataCollatorForReferringSegmentation
         from ..modeling_magnet import MagNetForReferringSegmentation
-        from ..processing_magnet import MagNetProcessor
         from .setup import build_model_and_processor, load_training_splits
 
         args, accelerator = self.args, self.accelerator
@@ -234,8 +264,16 @@ class _Run:
 
             # The checkpoint holds the processor and config the run started with: no pretrained downloads and no
             # re-trained tokenizer are needed, and the weights come from the saved state below.
-            processor = MagNetProcessor.from_pretrained(str(self.checkpoint))
-            model = MagNetForReferringSegmentation(MagNetConfig.from_pretrained(str(self.checkpoint)))
+            from ..model_folder import ModelFolderError, load_processor
+
+            try:
+                processor = load_processor(self.checkpoint)
+                config = MagNetConfig.from_pretrained(str(self.checkpoint))
+                model = MagNetForReferringSegmentation(config)
+            except ModelFolderError as error:
+                raise TrainingError(f"--resume: {error}") from None
+            except Exception as error:  # a config that does not build a model is bad input, whatever raised
+                raise TrainingError(f"--resume: {self.checkpoint}/config.json does not describe a MagNet model ({error}).") from None
             image_size = int(model.config.image_size)
             self.train_split, self.eval_split = load_training_splits(args, image_size)
         else:
@@ -247,8 +285,14 @@ class _Run:
         if args.activation_checkpointing:
             model.activation_checkpointing_enable()
         self.processor, self.config = processor, model.config
+        config = model.config
         self.collator = DataCollatorForReferringSegmentation(
-            processor, train=True, mask_grounding=bool(getattr(model.config, "use_mask_grounding", True)), seed=args.seed
+            processor,
+            train=True,
+            mask_grounding=bool(config.use_mask_grounding),
+            mask_ratio=config.mask_grounding_mask_probability,
+            mask_replace_prob=config.mask_grounding_replace_probability,
+            seed=args.seed,
         )
         world = accelerator.num_processes
         self.global_batch = args.batch_size * world * args.gradient_accumulation_steps
@@ -269,10 +313,13 @@ class _Run:
         )
         # The scheduler is stepped by hand: a prepared one would advance once per process and step.
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        accelerator.register_for_checkpointing(self.scheduler)
         self.state = {"global_step": 0, "best_metric": None, "best_step": None, "eval_history": [], "log_history": []}
         if self.checkpoint is not None:
-            accelerator.load_state(str(self.checkpoint))
+            load_training_state(
+                self.checkpoint, accelerator.unwrap_model(self.model), self.optimizer.optimizer
+                if hasattr(self.optimizer, "optimizer") else self.optimizer, self.scheduler,
+                getattr(accelerator, "scaler", None), accelerator.process_index,
+            )
             saved = read_trainer_state(self.checkpoint)
             if saved.get("total_steps") != self.total_steps or saved.get("global_batch") != self.global_batch:
                 raise TrainingError(
@@ -296,21 +343,37 @@ class _Run:
         }
 
     def _save_checkpoint(self, interrupted: bool = False) -> Path:
-        unwrapped = self.accelerator.unwrap_model(self.model)
+        accelerator = self.accelerator
+        unwrapped = accelerator.unwrap_model(self.model)
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+
+        def training_state(folder: Path) -> None:
+            save_training_state(
+                folder, unwrapped, optimizer, self.scheduler, getattr(accelerator, "scaler", None),
+                accelerator.process_index, accelerator.is_main_process,
+            )
 
         def extras(folder: Path) -> None:
             self.processor.save_pretrained(str(folder))
             unwrapped.config.save_pretrained(str(folder))
             (folder / "training_args.json").write_text(self.args.to_json() + "\n")
 
-        path = save_checkpoint(
-            self.accelerator,
-            self.output,
-            self.state["global_step"],
-            self._trainer_state(interrupted),
-            extras,
-            total_limit=self.args.save_total_limit,
-        )
+        try:
+            path = save_checkpoint(
+                accelerator,
+                self.output,
+                self.state["global_step"],
+                self._trainer_state(interrupted),
+                extras,
+                training_state,
+                total_limit=self.args.save_total_limit,
+            )
+        except NonFiniteStateError as error:
+            raise NonFiniteLossError(
+                f"diverged by step {self.state['global_step']}: {error} Last good checkpoint: "
+                f"{latest_good_checkpoint(self.output, warn=False) or 'none'}. Lower --learning-rate or use "
+                "--warmup-steps / --max-grad-norm, then --resume latest."
+            ) from None
         self.last_checkpoint = path
         return path
 
@@ -379,7 +442,7 @@ class _Run:
         result = dict(zip(keys, values.tolist()))
         if not all(math.isfinite(v) for v in result.values()):
             terms = ", ".join(f"{key}={value:.4g}" for key, value in result.items())
-            latest = latest_checkpoint(self.output)
+            latest = latest_good_checkpoint(self.output, warn=False)
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.state['global_step'] + 1} ({terms}); stopped without saving this "
                 f"step. Last good checkpoint: {latest or 'none'}. Lower --learning-rate or use --warmup-steps / "
@@ -396,9 +459,41 @@ class _Run:
     # ------------------------------------------------------------------------------------------ loop
 
     def run(self, set_seed) -> TrainingResult:
+        self._build(set_seed)
+        retired = self._move_old_output_aside()
+        try:
+            result = self._loop()
+        except BaseException:
+            self._restore_old_output(retired)
+            raise
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
+        return result
+
+    def _move_old_output_aside(self) -> Path | None:
+        """With `--overwrite`, renames the old run's folder to a hidden sibling once the inputs have loaded (so a
+        bad flag never costs the old run); it is deleted only when the new run has finished or saved a checkpoint."""
+        retired = None
+        if self.args.overwrite and self.args.resume is None and self.accelerator.is_main_process and any(self.output.iterdir()):
+            retired = self.output.parent / f".{self.output.name}.replaced-{uuid.uuid4().hex[:8]}"
+            self.output.rename(retired)
+            self.output.mkdir()
+        self.accelerator.wait_for_everyone()
+        return retired
+
+    def _restore_old_output(self, retired: Path | None) -> None:
+        if retired is None:
+            return
+        if list_checkpoints(self.output):
+            logger.warning(f"the new run saved checkpoints in {self.output}; the replaced run is kept in {retired}.")
+            return
+        shutil.rmtree(self.output, ignore_errors=True)
+        retired.rename(self.output)
+        logger.warning(f"the new run failed before its first checkpoint; {self.output} holds the old run again.")
+
+    def _loop(self) -> TrainingResult:
         from tqdm.auto import tqdm
 
-        self._build(set_seed)
         args, accelerator, state = self.args, self.accelerator, self.state
         self.last_checkpoint = self.checkpoint
         if accelerator.is_main_process:
@@ -409,13 +504,15 @@ class _Run:
         batches = self._micro_batches()
         progress = tqdm(
             total=self.total_steps, initial=state["global_step"], desc="train",
-            disable=not (args.progress and accelerator.is_main_process),
+            disable=None if args.progress and accelerator.is_main_process else True,  # None: off unless a terminal
         )
         window: dict[str, list[float]] = {}
         interrupted = False
         saved_at = state["global_step"] if self.checkpoint is not None else None
         while state["global_step"] < self.total_steps and not self.stop.requested:
+            started = time.perf_counter()
             result = self._train_step(batches)
+            result["seconds_per_step"] = time.perf_counter() - started  # data, forward, backward and update
             state["global_step"] += 1
             step = state["global_step"]
             progress.update(1)
@@ -502,4 +599,4 @@ class _Run:
                 unwrapped.push_to_hub(self.args.push_to_hub)
                 self.processor.push_to_hub(self.args.push_to_hub)
             except Exception as error:  # the Hub client raises many types; the saved folder is intact either way
-                raise TrainingError(f"training finished and {self.output} is saved, but --push-to-hub failed: {error}") from error
+                raise PushFailedError(f"training finished and {self.output} is saved, but --push-to-hub failed: {error}") from error

@@ -1,0 +1,268 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""Multi-scale deformable attention for MagNet's pixel decoder, sampled with one gather over all levels and points.
+
+transformers' reference implementation runs `grid_sample` once per level, materialises every sampled value
+`(batch * heads, head_dim, queries, levels * points)` and only then applies the attention weights: at 480x480 that is
+~300 MB written, stacked and re-read per layer, and it dominated MagNet's CPU inference time. Bilinear sampling followed
+by a weighted sum is linear in the values, so the four bilinear corner weights can be folded into the attention weights
+and the whole thing becomes one weighted gather-and-sum per (query, head): exactly what `embedding_bag` computes, with a
+fused kernel on CPU and CUDA and a backward for training. Results equal `grid_sample`'s up to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+)
+
+
+# Samples (batch x queries x heads x levels x points) handled at once by the pixel decoder's attention.
+SAMPLES_PER_CHUNK = 2**17
+
+
+def _per_level(values: list[float], num_points: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One value per level repeated over its points, `(levels * points,)`: broadcasting a constant over the last,
+    contiguous axis keeps the elementwise kernels vectorised (a `(levels, 1)` constant would not)."""
+    return torch.tensor(values, dtype=dtype, device=device).repeat_interleave(num_points)
+
+
+def _corners(operation, operands) -> torch.Tensor:
+    """`torch.stack([operation(a, b) for a, b in operands], dim=3)`, written in place when no gradient is needed: the
+    stacked copy of these ~10M-element tensors costs as much as computing them."""
+    first = operands[0][0]
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for pair in operands for t in pair):
+        return torch.stack([operation(a, b) for a, b in operands], dim=3)
+    output = first.new_empty(*first.shape[:3], len(operands), *first.shape[3:])
+    for index, (a, b) in enumerate(operands):
+        operation(a, b, out=output[:, :, :, index])
+    return output
+
+
+def padded_value_table(value: torch.Tensor, value_spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
+    """
+    The values laid out for [`sample_pixel_coordinates`]: `(batch, heads, padded positions, head_dim)`, one contiguous
+    table of rows per (batch, head), every level with a border of zeros (one row/column before, two after). With the
+    coordinates clamped to [-1, size], a bilinear corner off the map then lands on the border or carries zero weight:
+    zero padding without masks. Each level is copied straight into its place (no per-level intermediates).
+    """
+    batch_size, _, num_heads, head_dim = value.shape
+    padded_sizes = [(height + 3) * (width + 3) for height, width in value_spatial_shapes]
+    table = value.new_zeros(batch_size, num_heads, sum(padded_sizes), head_dim)
+    value_start, table_start = 0, 0
+    for (height, width), padded_size in zip(value_spatial_shapes, padded_sizes):
+        level = value[:, value_start : value_start + height * width]
+        region = table[:, :, table_start : table_start + padded_size]  # slices, not split(): autograd allows their copy_
+        interior = region.view(batch_size, num_heads, height + 3, width + 3, head_dim)[:, :, 1 : height + 1, 1 : width + 1]
+        interior.copy_(level.view(batch_size, height, width, num_heads, head_dim).permute(0, 3, 1, 2, 4))
+        value_start, table_start = value_start + height * width, table_start + padded_size
+    return table
+
+
+def sample_pixel_coordinates(
+    table: torch.Tensor,
+    value_spatial_shapes: list[tuple[int, int]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """
+    Attention-weighted bilinear samples at pixel coordinates (zero padding; pixel `i` covers `[i - 0.5, i + 0.5]`).
+
+    Args:
+        table (`torch.Tensor`): the values as [`padded_value_table`] lays them out.
+        value_spatial_shapes (`list[tuple[int, int]]`): `(H_l, W_l)` of every level.
+        x, y (`torch.Tensor` of shape `(batch, queries, heads, levels * points)`): pixel coordinates in each point's level.
+        attention_weights (`torch.Tensor` of shape `(batch, queries, heads, levels * points)`).
+
+    Returns: `torch.Tensor` of shape `(batch, queries, heads * head_dim)` in the dtype of `x`.
+    """
+    batch_size, num_heads, table_length, head_dim = table.shape
+    num_queries, num_samples = x.shape[1], x.shape[-1]
+    num_levels = len(value_spatial_shapes)
+    num_points = num_samples // num_levels
+    dtype, device = x.dtype, x.device
+    table = table.to(dtype)
+
+    heights = [height for height, _ in value_spatial_shapes]
+    widths = [width for _, width in value_spatial_shapes]
+    padded_widths = [width + 3 for width in widths]
+    padded_sizes = [(height + 3) * (width + 3) for height, width in value_spatial_shapes]
+    # Row of each level's pixel (0, 0) in the table: the level's start plus the border.
+    origins = [sum(padded_sizes[:level]) + padded_widths[level] + 1 for level in range(num_levels)]
+
+    lowest = torch.full((num_samples,), -1.0, dtype=dtype, device=device)
+    x = torch.clamp(x, min=lowest, max=_per_level(widths, num_points, dtype, device))
+    y = torch.clamp(y, min=lowest, max=_per_level(heights, num_points, dtype, device))
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+
+    # The four bilinear corners, each computed on (batch, queries, heads, samples) and placed at its slot of the bags
+    # (batch, queries, heads, 4, samples).
+    attention_weights = attention_weights.to(dtype)
+    weight_top, weight_bottom = (1 - fy) * attention_weights, fy * attention_weights
+    weight_left, weight_right = 1 - fx, fx
+    weights = _corners(
+        torch.mul,
+        ((weight_top, weight_left), (weight_top, weight_right), (weight_bottom, weight_left), (weight_bottom, weight_right)),
+    )
+    strides = _per_level(padded_widths, num_points, torch.int32, device)
+    top_left = y0.to(torch.int32) * strides
+    top_left += x0.to(torch.int32)
+    table_offsets = torch.arange(batch_size * num_heads, dtype=torch.int32, device=device) * table_length
+    top_left += table_offsets.view(batch_size, 1, num_heads, 1) + _per_level(origins, num_points, torch.int32, device)
+    rows = _corners(torch.add, ((top_left, 0), (top_left, 1), (top_left, strides), (top_left, strides + 1)))
+
+    bag_size = 4 * num_samples
+    output = F.embedding_bag(
+        rows.view(-1, bag_size), table.reshape(-1, head_dim), per_sample_weights=weights.view(-1, bag_size), mode="sum"
+    )  # (batch * queries * heads, head_dim)
+    return output.view(batch_size, num_queries, num_heads * head_dim)
+
+
+def multi_scale_deformable_attention_gather(
+    value: torch.Tensor,
+    value_spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """
+    Drop-in replacement for transformers' `multi_scale_deformable_attention` (bilinear sampling, zero padding,
+    `align_corners=False`), without its per-level loop and intermediate samples.
+
+    Args:
+        value (`torch.Tensor` of shape `(batch, sum(H_l * W_l), heads, head_dim)`): the levels flattened and concatenated.
+        value_spatial_shapes (`list[tuple[int, int]]`): `(H_l, W_l)` of every level, in the order of `value`.
+        sampling_locations (`torch.Tensor` of shape `(batch, queries, heads, levels, points, 2)`): `(x, y)` in [0, 1]
+            relative to each level (points outside the map read zeros).
+        attention_weights (`torch.Tensor` of shape `(batch, queries, heads, levels, points)`).
+
+    Returns: `torch.Tensor` of shape `(batch, queries, heads * head_dim)`, in the dtype of `value` promoted to fp32.
+    """
+    batch_size, num_queries, num_heads, num_levels, num_points, _ = sampling_locations.shape
+    if len(value_spatial_shapes) != num_levels:
+        raise ValueError(f"{num_levels} levels in `sampling_locations` but {len(value_spatial_shapes)} spatial shapes.")
+    dtype = torch.promote_types(value.dtype, torch.float32)
+    locations = sampling_locations.to(dtype).flatten(3, 4)  # (batch, queries, heads, samples, 2)
+    widths = _per_level([width for _, width in value_spatial_shapes], num_points, dtype, value.device)
+    heights = _per_level([height for height, _ in value_spatial_shapes], num_points, dtype, value.device)
+    x = locations[..., 0] * widths - 0.5
+    y = locations[..., 1] * heights - 0.5
+    table = padded_value_table(value.to(dtype), value_spatial_shapes)
+    return sample_pixel_coordinates(table, value_spatial_shapes, x, y, attention_weights.flatten(3, 4))
+
+
+def _one_image(tensor: torch.Tensor | None, image: int) -> torch.Tensor | None:
+    """Image `image` of a batched tensor, keeping the batch axis; a tensor of batch 1 is shared by every image."""
+    if tensor is None or tensor.shape[0] == 1:
+        return tensor
+    return tensor[image : image + 1]
+
+
+def _join_image_major(chunks: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """Concatenates `(1, queries_chunk, ...)` pieces listed image by image into `(batch, queries, ...)`."""
+    per_image = len(chunks) // batch_size
+    return torch.cat([torch.cat(chunks[i : i + per_image], dim=1) for i in range(0, len(chunks), per_image)])
+
+
+class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
+    """
+    transformers' Mask2Former pixel-decoder deformable attention (same parameters and names, so checkpoints load
+    unchanged) computing its samples with [`sample_pixel_coordinates`] instead of a per-level `grid_sample` loop, a
+    chunk of queries at a time. Returns `(output, attention_weights)`, the weights only with `output_attentions=True`
+    (`None` otherwise, as in transformers' attention modules), and a position embedding of batch 1 is broadcast.
+
+    The offsets are added in pixels (`reference * size - 0.5 + offset`) rather than through the [0, 1] frame
+    (`(reference + offset / size) * size - 0.5`): the same point, rounded once instead of twice. The locations,
+    attention weights and sampling run in fp32 at least, as released: under bf16 autocast a bf16 offset would move a
+    sampling point by up to half a pixel on the 120x120 level.
+    """
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        position_embeddings: torch.Tensor | None = None,
+        reference_points: torch.Tensor | None = None,
+        spatial_shapes_list: list[tuple[int, int]] | None = None,
+        level_start_index: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if reference_points is None or reference_points.shape[-1] != 2:
+            raise ValueError("MagNet's deformable attention takes (x, y) reference points of shape (..., levels, 2).")
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        batch_size, num_queries, _ = hidden_states.shape
+        sequence_length = encoder_hidden_states.shape[1]
+        if sum(height * width for height, width in spatial_shapes_list) != sequence_length:
+            raise ValueError("The spatial shapes do not add up to the sequence length of the encoder hidden states.")
+
+        device_type = hidden_states.device.type
+        num_samples = self.n_levels * self.n_points
+        with torch.autocast(device_type=device_type, enabled=False):
+            dtype = torch.promote_types(hidden_states.dtype, torch.float32)
+            # Rows of the offset projection reordered from (heads, levels, points, xy) to (xy, heads, levels, points),
+            # so that the x and the y offsets each come out as contiguous runs.
+            offset_weight = self.sampling_offsets.weight.to(dtype).view(-1, 2, self.d_model).transpose(0, 1)
+            offset_weight = offset_weight.reshape(-1, self.d_model)
+            offset_bias = self.sampling_offsets.bias.to(dtype).view(-1, 2).transpose(0, 1).reshape(-1)
+            weight_projection = (self.attention_weights.weight.to(dtype), self.attention_weights.bias.to(dtype))
+            # Reference points in pixels of every level, repeated over the points: (batch, queries, 1, samples).
+            widths = _per_level([width for _, width in spatial_shapes_list], self.n_points, dtype, hidden_states.device)
+            heights = _per_level([height for height, _ in spatial_shapes_list], self.n_points, dtype, hidden_states.device)
+            reference_points = reference_points.to(dtype).repeat_interleave(self.n_points, dim=-2)
+            reference_x = (reference_points[..., 0] * widths - 0.5)[:, :, None]
+            reference_y = (reference_points[..., 1] * heights - 0.5)[:, :, None]
+
+        # A few thousand queries of one image at a time, from the position embedding to the output projection: the
+        # sampling's temporaries (~100 bytes per sample, 2.4M samples per image at 480x480) stay in cache-sized pieces,
+        # and at inference each chunk's projected output goes straight into its slice of the result.
+        chunk = max(1, SAMPLES_PER_CHUNK // (self.n_heads * num_samples))
+        keep_graph = torch.is_grad_enabled()
+        output, outputs, all_weights = None, [], []
+        for image in range(batch_size):
+            # The image's values, projected and laid out for the gather here: one image's table (20 MB at 480x480)
+            # is written and read while it is still in cache.
+            value = self.value_proj(encoder_hidden_states[image : image + 1])
+            if attention_mask is not None:
+                value = value.masked_fill(_one_image(attention_mask, image)[..., None], 0.0)
+            value = value.view(1, sequence_length, self.n_heads, self.d_model // self.n_heads)
+            with torch.autocast(device_type=device_type, enabled=False):
+                image_table = padded_value_table(value.to(dtype), spatial_shapes_list)
+            del value
+            image_positions, image_x, image_y = (
+                _one_image(t, image) for t in (position_embeddings, reference_x, reference_y)
+            )
+            for start in range(0, num_queries, chunk):
+                queries = hidden_states[image : image + 1, start : start + chunk]
+                if image_positions is not None:
+                    queries = queries + image_positions[:, start : start + chunk]
+                length = queries.shape[1]
+                with torch.autocast(device_type=device_type, enabled=False):
+                    queries = queries.to(dtype)
+                    offsets = F.linear(queries, offset_weight, offset_bias).view(1, length, 2, self.n_heads, -1)
+                    attention_weights = F.linear(queries, *weight_projection).view(1, length, self.n_heads, -1)
+                    attention_weights = attention_weights.softmax(-1)
+                    x = offsets[:, :, 0] + image_x[:, start : start + chunk]
+                    y = offsets[:, :, 1] + image_y[:, start : start + chunk]
+                    sampled = sample_pixel_coordinates(image_table, spatial_shapes_list, x, y, attention_weights)
+                # Under the caller's autocast, as the unchunked projection was; weights loaded in half precision get
+                # their own dtype.
+                projected = self.output_proj(sampled.to(self.output_proj.weight.dtype))
+                if keep_graph:
+                    outputs.append(projected)
+                else:
+                    if output is None:
+                        output = projected.new_empty(batch_size, num_queries, projected.shape[-1])
+                    output[image : image + 1, start : start + chunk] = projected
+                if output_attentions:
+                    all_weights.append(attention_weights)
+        if keep_graph:
+            output = _join_image_major(outputs, batch_size)
+        if not output_attentions:
+            return output, None
+        attention_weights = _join_image_major(all_weights, batch_size)
+        return output, attention_weights.view(batch_size, num_queries, self.n_heads, self.n_levels, self.n_points)

@@ -1,0 +1,1374 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch MagNet: Mask Grounding for Referring Image Segmentation (Chng et al., CVPR 2024).
+
+The network is LAVT-style early fusion (a Swin image stream and a BERT language stream that read each other after
+every stage) followed by Mask2Former's deformable pixel decoder and a one-query masked-attention decoder. Every
+behaviour of the released inference network is reproduced, quirks included, so that converted official weights give
+the official numbers; see `DESIGN.md` section 2 of the project for the list.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
+from timm.models.swin_transformer import (
+    PatchMerging,
+    SwinTransformerBlock,
+    WindowAttention,
+    get_relative_position_index,
+)
+from torch import nn
+from transformers import BertConfig, BertModel, Mask2FormerConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.bert.modeling_bert import BertEncoder, BertLMPredictionHead
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+    Mask2FormerSinePositionEmbedding,
+    Mask2FormerTransformerModule,
+)
+from transformers.utils import ModelOutput, logging
+
+from .configuration_magnet import MagNetConfig
+from .deformable_attention_magnet import MagNetMultiscaleDeformableAttention
+
+logger = logging.get_logger(__name__)
+
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors become fp32; fp32 and fp64 stay as they are."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+# The released language fusion multiplies its queries by BERT's additive mask, whose padding value is this.
+RELEASED_ADDITIVE_MASK_VALUE = -10000.0
+
+
+@dataclass
+class MagNetModelOutput(ModelOutput):
+    r"""
+    Outputs of [`MagNetModel`].
+
+    Args:
+        pred_masks (`torch.FloatTensor` of shape `(batch_size, 1, height / 4, width / 4)`):
+            Mask logits of the final decoder layer for the single query.
+        pred_logits (`torch.FloatTensor` of shape `(batch_size, 1, 2)`):
+            Class logits (object, no-object) of the final decoder layer.
+        auxiliary_predictions (`tuple[dict[str, torch.FloatTensor]]`):
+            The `{"pred_masks", "pred_logits"}` of every earlier prediction (before the first decoder layer and after
+            each but the last), used for deep supervision.
+        mask_features (`torch.FloatTensor` of shape `(batch_size, decoder_hidden_size, height / 4, width / 4)`):
+            Per-pixel embeddings that the query's mask embedding is dotted with.
+        text_features (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`, *optional*):
+            The language stream after its last fusion; returned with `output_hidden_states=True` or when a caller
+            asks for it (training losses).
+        fused_features (`tuple[torch.FloatTensor]`, *optional*):
+            The four fused maps handed to the pixel decoder (strides 4, 8, 16, 32; widths C, 2C, 4C, 8C); returned
+            with `output_hidden_states=True`.
+    """
+
+    pred_masks: torch.FloatTensor | None = None
+    pred_logits: torch.FloatTensor | None = None
+    auxiliary_predictions: tuple[dict[str, torch.FloatTensor], ...] | None = None
+    mask_features: torch.FloatTensor | None = None
+    text_features: torch.FloatTensor | None = None
+    fused_features: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MagNetReferringSegmentationOutput(MagNetModelOutput):
+    r"""
+    Outputs of [`MagNetForReferringSegmentation`]: those of [`MagNetModel`] plus, when `labels` are given,
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Weighted sum of the training losses.
+        loss_dict (`dict[str, torch.FloatTensor]`, *optional*):
+            Each unweighted loss term, for logging.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict[str, torch.FloatTensor] | None = None
+
+
+# CPU inference splits a batch into groups of images whose largest per-pixel tensor together holds at most this many
+# elements (16 MB in fp32, half the last-level cache of the 2-core reference machine): a group's working set then
+# stays near the cache, and the matrix products are tall enough without more images. Measured on that machine, large
+# maps (Swin stages 1-2 and the pixel decoder at 480x480) go one image at a time and small ones several at a time,
+# which is where batching pays (README, "Speed"). Training, and accelerators (whose parallelism wants the whole
+# batch), always run the whole batch.
+INFERENCE_GROUP_ELEMENTS = 2**22
+
+
+def _inference_groups(module: nn.Module, batch: torch.Tensor, elements_per_image: int) -> list[slice]:
+    """The slices of `batch` (batch first) that an inference forward of `module` runs one after the other (one slice:
+    the whole batch)."""
+    batch_size = batch.shape[0]
+    if module.training or torch.is_grad_enabled() or batch_size == 1 or batch.device.type != "cpu":
+        return [slice(0, batch_size)]
+    largest_group = max(1, INFERENCE_GROUP_ELEMENTS // max(elements_per_image, 1))
+    num_groups = -(-batch_size // largest_group)
+    # Groups of equal size (8 images at most 6 together: 4 + 4, not 6 + 2), the larger ones first.
+    sizes = [batch_size // num_groups + (index < batch_size % num_groups) for index in range(num_groups)]
+    starts = [0, *itertools.accumulate(sizes)]
+    return [slice(start, start + size) for start, size in zip(starts, sizes)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Image stream: timm's Swin modules, run with the released padding order
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MagNetSwinBlock(SwinTransformerBlock):
+    """
+    timm's Swin block (same modules and weight names) run the way the released MagNet ran it: the normalised map is
+    zero-padded to whole windows *before* the cyclic shift, the shift mask is built on the padded grid, and a map
+    smaller than the window is padded up to it instead of shrinking the window. timm's own block rolls first and pads
+    after, and clamps the window to small maps; both give different numbers from the released weights' training.
+
+    Padding, shift and window partition are one row gather with an index built once per map size, and the way back is
+    one more; at inference the residuals are added in place and the MLP runs a few thousand tokens at a time. The block
+    then writes each large tensor once instead of through roll, pad, permute and activation copies.
+    """
+
+    # Elements of the MLP's (tokens, 4 * dim) hidden activation per chunk at inference: the block's largest tensor.
+    MLP_CHUNK_ELEMENTS = 2**21
+
+    def __init__(self, **kwargs):
+        super().__init__(always_partition=True, dynamic_mask=True, **kwargs)
+        self._shift_masks: dict[tuple, torch.Tensor] = {}
+        self._window_indices: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    def _padded_size(self, height: int, width: int) -> tuple[int, int]:
+        window_height, window_width = self.window_size
+        return (
+            height + (window_height - height % window_height) % window_height,
+            width + (window_width - width % window_width) % window_width,
+        )
+
+    def _shift_mask(self, reference: torch.Tensor, padded_height: int, padded_width: int) -> torch.Tensor | None:
+        """Shift mask `(num_windows, window_area, window_area)` for this padded size (built once and reused), or `None`
+        for an unshifted block."""
+        if not any(self.shift_size):
+            return None
+        key = (padded_height, padded_width, reference.device, reference.dtype)
+        if key not in self._shift_masks:
+            grid = reference.new_zeros(1, padded_height, padded_width, 1)
+            self._shift_masks[key] = self.get_attn_mask(grid)
+        return self._shift_masks[key]
+
+    def _window_index(
+        self, height: int, width: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """
+        Index tensors for a `height` x `width` map, built once per size and reused:
+
+        - `gather` `(padded_height * padded_width,)`: for every token of the windows of the zero-padded, cyclically
+          shifted map (window-major, row-major inside a window), the row-major index of the map token it holds;
+          padding points at token 0 and is overwritten after the gather.
+        - `scatter` `(height * width,)`: for every map token, its position among the window tokens (the inverse).
+        - `padding` (`None` on a map of whole windows): the positions among the window tokens that hold padding.
+        """
+        key = (height, width, device)
+        if key not in self._window_indices:
+            window_height, window_width = self.window_size
+            padded_height, padded_width = self._padded_size(height, width)
+            # Shifting by -s: position i of the shifted map holds position (i + s) mod size of the padded map.
+            rows = (torch.arange(padded_height) + self.shift_size[0]) % padded_height
+            columns = (torch.arange(padded_width) + self.shift_size[1]) % padded_width
+            is_padding = (rows[:, None] >= height) | (columns[None, :] >= width)
+            source = (rows[:, None] * width + columns[None, :]).masked_fill(is_padding, 0)
+
+            def window_major(grid: torch.Tensor) -> torch.Tensor:
+                rows_of_windows, columns_of_windows = padded_height // window_height, padded_width // window_width
+                grid = grid.view(rows_of_windows, window_height, columns_of_windows, window_width)
+                return grid.transpose(1, 2).reshape(-1)
+
+            gather, is_padding = window_major(source), window_major(is_padding)
+            positions = torch.arange(gather.numel())
+            scatter = torch.empty(height * width, dtype=torch.long)
+            scatter[gather[~is_padding]] = positions[~is_padding]
+            padding = positions[is_padding].to(device) if bool(is_padding.any()) else None
+            self._window_indices[key] = (gather.to(device), scatter.to(device), padding)
+        return self._window_indices[key]
+
+    def _attention_bias(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """Relative-position bias plus shift mask: `(num_windows, heads, area, area)`, or `(1, heads, area, area)` for
+        an unshifted block (shared by all windows)."""
+        bias = self.attn._get_rel_pos_bias()  # (1, heads, area, area)
+        if mask is None:
+            return bias
+        return bias + mask[:, None].to(bias.dtype)
+
+    def _attn(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # hidden_states: (batch, height, width, channels), already normalised by norm1.
+        # Same numbers as timm's WindowAttention on the zero-padded, shifted map, computed with less work: the qkv and
+        # output projections act per token, so they run on the real tokens only (a zero-padded token projects to the
+        # qkv bias), the windows are gathered straight from the projected tokens, and attention reads strided views
+        # of them through scaled_dot_product_attention with the bias and shift mask as one additive mask.
+        attention = self.attn
+        batch_size, height, width, channels = hidden_states.shape
+        num_heads = attention.num_heads
+        head_dim = attention.qkv.out_features // (3 * num_heads)
+        gather, scatter, padding = self._window_index(height, width, hidden_states.device)
+        num_window_tokens = gather.numel()
+        num_windows = num_window_tokens // self.window_area
+
+        qkv = attention.qkv(hidden_states).view(batch_size, height * width, 3 * channels)
+        windows = qkv.index_select(1, gather)  # (batch, windows * area, 3 * channels)
+        del qkv
+        if padding is not None:
+            windows[:, padding] = attention.qkv.bias.to(windows.dtype) if attention.qkv.bias is not None else 0.0
+        windows = windows.view(batch_size, num_windows, self.window_area, 3, num_heads, head_dim)
+        mask = self._shift_mask(hidden_states, *self._padded_size(height, width))
+        bias = self._attention_bias(mask).to(windows.dtype)
+        dropout = attention.attn_drop.p if self.training else 0.0
+        # One image at a time: the shift mask varies over windows and the bias over heads, and neither broadcasts
+        # over a (batch x windows) axis that is not contiguous in memory.
+        attended = []
+        for image in windows.unbind(0):
+            query, key, value = (t.transpose(1, 2) for t in image.unbind(2))  # each (windows, heads, area, head_dim)
+            output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+            attended.append(output.transpose(1, 2).reshape(num_window_tokens, channels))
+        del windows, image, query, key, value
+        if torch.is_grad_enabled():
+            tokens = torch.stack(attended).index_select(1, scatter)
+        else:
+            tokens = hidden_states.new_empty(batch_size, height * width, channels, dtype=attended[0].dtype)
+            for image_index, output in enumerate(attended):
+                torch.index_select(output, 0, scatter, out=tokens[image_index])
+        del attended
+        return attention.proj_drop(attention.proj(tokens)).view(batch_size, height, width, channels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # (batch, height, width, channels) -> same shape.
+        if self.training or torch.is_grad_enabled():
+            return super().forward(hidden_states)
+        _, height, width, channels = hidden_states.shape
+        # A 120x120 map's qkv alone is 22 MB per image: see INFERENCE_GROUP_ELEMENTS.
+        groups = _inference_groups(self, hidden_states, height * width * self.attn.qkv.out_features)
+        chunk = max(1, self.MLP_CHUNK_ELEMENTS // self.mlp.fc1.out_features)
+        output = None
+        for group in groups:
+            inputs = hidden_states[group]
+            attended = self._attn(self.norm1(inputs))
+            if len(groups) == 1 and attended.dtype == inputs.dtype:
+                block_output = attended  # a fresh tensor: the residual goes into it in place (x + a == a + x exactly)
+                block_output += inputs
+            else:  # several groups, or under autocast a low-precision attention output joining a float32 stream
+                if output is None:
+                    dtype = torch.promote_types(inputs.dtype, attended.dtype)
+                    output = hidden_states.new_empty(hidden_states.shape, dtype=dtype)
+                block_output = output[group]
+                torch.add(inputs, attended, out=block_output)
+            del attended
+            for part in block_output.view(-1, channels).split(chunk):
+                part += self.mlp(self.norm2(part))
+        return block_output if output is None else output
+
+
+class MagNetSwinStage(nn.Module):
+    """One Swin stage in timm's layout: patch merging first (stages 2-4), then the blocks. Works on NHWC maps."""
+
+    def __init__(self, config: MagNetConfig, stage_index: int, drop_path_rates: list[float]):
+        super().__init__()
+        dim = config.stage_dims[stage_index]
+        resolution = config.image_size // config.patch_size // 2**stage_index
+        self.downsample = PatchMerging(dim=dim // 2, out_dim=dim) if stage_index > 0 else nn.Identity()
+        self.blocks = nn.Sequential(
+            *[
+                MagNetSwinBlock(
+                    dim=dim,
+                    input_resolution=(resolution, resolution),
+                    num_heads=config.num_heads[stage_index],
+                    window_size=config.window_size,
+                    shift_size=0 if block_index % 2 == 0 else config.window_size // 2,
+                    mlp_ratio=config.mlp_ratio,
+                    drop_path=drop_path_rates[block_index],
+                )
+                for block_index in range(config.depths[stage_index])
+            ]
+        )
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # (batch, height, width, channels_in) -> (batch, height', width', channels)
+        hidden_states = self.downsample(hidden_states)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training:
+                hidden_states = torch.utils.checkpoint.checkpoint(block, hidden_states, use_reentrant=False)
+            else:
+                hidden_states = block(hidden_states)
+        return hidden_states
+
+
+class MagNetImageEncoder(nn.Module):
+    """Swin transformer (timm modules and weight names) cut into its four stages so that fusion can run between them."""
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__()
+        self.patch_embed = PatchEmbed(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=config.num_channels,
+            embed_dim=config.embed_dim,
+            norm_layer=nn.LayerNorm,
+            output_fmt="NHWC",
+            strict_img_size=False,
+            dynamic_img_pad=True,
+        )
+        total = sum(config.depths)  # stochastic depth grows linearly over all blocks (plain Python: works on meta)
+        rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        starts = [sum(config.depths[:i]) for i in range(len(config.depths))]
+        self.layers = nn.ModuleList(
+            [
+                MagNetSwinStage(config, i, rates[start : start + depth])
+                for i, (start, depth) in enumerate(zip(starts, config.depths))
+            ]
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cross-modal fusion
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MagNetResidualGate(nn.Module):
+    """`x + tanh(W2 act(W1 r)) * r`: how much of a fusion residual `r` enters a stream. Zero-initialised."""
+
+    def __init__(self, dim: int, activation: type[nn.Module]):
+        super().__init__()
+        self.in_proj = nn.Linear(dim, dim, bias=False)
+        self.activation = activation()
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        gate = torch.tanh(self.out_proj(self.activation(self.in_proj(residual))))
+        return hidden_states + gate * residual
+
+
+class MagNetPixelWordAttention(nn.Module):
+    """
+    Image-side pixel-word attention (LAVT's PWAM): every pixel attends over the words with a single full-width head,
+    and the attended language gates a projection of the pixel.
+
+    Inputs are `pixels` `(batch, num_pixels, dim)`, `words` `(batch, num_words, text_dim)` and a 0/1 `word_mask`
+    `(batch, num_words)`; the output is the fusion residual `(batch, num_pixels, dim)`.
+    """
+
+    def __init__(self, dim: int, text_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.visual_projection = nn.Linear(dim, dim)
+        self.query_projection = nn.Linear(dim, dim)
+        self.query_norm = nn.LayerNorm(dim)
+        self.key_projection = nn.Linear(text_dim, dim)
+        self.value_projection = nn.Linear(text_dim, dim)
+        self.output_projection = nn.Linear(dim, dim)
+        self.output_norm = nn.LayerNorm(dim)
+        self.fusion_projection = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = dim**-0.5
+
+    def forward(self, pixels: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        visual = self.dropout(F.gelu(self.visual_projection(pixels)))
+        word_mask = word_mask.to(words.dtype)
+        query = self.query_norm(self.query_projection(pixels))  # (batch, num_pixels, dim)
+        key = self.key_projection(words) * word_mask[..., None]  # (batch, num_words, dim)
+        value = self.value_projection(words) * word_mask[..., None]
+        scores = torch.matmul(query, key.transpose(1, 2)) * self.scale  # (batch, num_pixels, num_words)
+        scores = scores + (1e4 * word_mask[:, None, :] - 1e4)
+        attended = torch.matmul(scores.softmax(dim=-1), value)  # (batch, num_pixels, dim)
+        attended = self.output_norm(self.output_projection(attended))
+        return self.dropout(F.gelu(self.fusion_projection(visual * attended)))
+
+
+class MagNetPyramidBranch(nn.Module):
+    """Pools the stage map to `pool_size`², runs a narrow pixel-word attention there and upsamples back."""
+
+    def __init__(self, dim: int, text_dim: int, pool_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.pool_size = pool_size
+        self.expand = nn.Linear(dim, 4 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim, eps=1e-6)
+        self.reduce = nn.Linear(4 * dim, dim, bias=False)
+        self.squeeze = nn.Linear(dim, dim // 4, bias=False)
+        self.pixel_word_attention = MagNetPixelWordAttention(dim // 4, text_dim, dropout)
+
+    def forward(self, feature_map: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        # feature_map: (batch, dim, height, width) -> (batch, dim / 4, height, width)
+        batch_size, _, height, width = feature_map.shape
+        pooled = F.adaptive_avg_pool2d(feature_map, self.pool_size).flatten(2).transpose(1, 2)  # (batch, p*p, dim)
+        pooled = self.squeeze(F.gelu(self.reduce(self.norm(self.expand(pooled)))))
+        pooled = self.pixel_word_attention(pooled, words, word_mask)  # (batch, p*p, dim / 4)
+        pooled = pooled.transpose(1, 2).reshape(batch_size, -1, self.pool_size, self.pool_size)
+        return F.interpolate(pooled, size=(height, width), mode="bilinear", align_corners=True)
+
+
+class MagNetImageFusion(nn.Module):
+    """
+    The paper's image-side Cross-modal Alignment Module for one stage: pixel-word attention at full resolution plus a
+    pyramid of pooled ones, mixed into the stage's feature for the decoder; the full-resolution residual also enters
+    the image stream through a gate (absent after the last stage, whose gated output fed nothing in the release).
+    """
+
+    def __init__(self, dim: int, text_dim: int, pool_sizes: list[int], dropout: float, has_gate: bool):
+        super().__init__()
+        self.pixel_word_attention = MagNetPixelWordAttention(dim, text_dim, dropout)
+        self.gate = MagNetResidualGate(dim, nn.GELU) if has_gate else None
+        self.pyramid = nn.ModuleList([MagNetPyramidBranch(dim, text_dim, p, dropout) for p in pool_sizes])
+        mixed = dim + len(pool_sizes) * (dim // 4)
+        self.mixer = nn.Sequential(nn.Linear(mixed, dim), nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+
+    def forward(
+        self, visual: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """
+        `visual` `(batch, height, width, dim)` is the stage's Swin output before fusion. Returns the gated map for the
+        next Swin stage (`None` without a gate) and the fused feature `(batch, dim, height, width)` for the decoder.
+        """
+        batch_size, height, width, dim = visual.shape
+        groups = _inference_groups(self, visual, height * width * 2 * dim)  # the mixer's input is ~2 * dim wide
+        if len(groups) > 1:
+            gated, fused = zip(*(self(visual[group], words[group], word_mask[group]) for group in groups))
+            return (None if self.gate is None else torch.cat(gated)), torch.cat(fused)
+        pixels = visual.reshape(batch_size, height * width, dim)
+        residual = self.pixel_word_attention(pixels, words, word_mask)
+        feature_map = visual.permute(0, 3, 1, 2)
+        mixed = [branch(feature_map, words, word_mask).flatten(2).transpose(1, 2) for branch in self.pyramid]
+        fused = self.mixer(torch.cat(mixed + [residual], dim=-1))  # (batch, height * width, dim)
+        fused = fused.transpose(1, 2).reshape(batch_size, dim, height, width)
+        gated = None
+        if self.gate is not None:
+            gated = self.gate(pixels, residual).view(batch_size, height, width, dim)
+        return gated, fused
+
+
+# Positions per chunk where a pixel-sized tensor is reduced piecewise at inference.
+_POSITIONS_PER_CHUNK = 2048
+
+
+def _normalize_over_positions(
+    hidden_states: torch.Tensor, mask: torch.Tensor | None = None, in_place: bool = False
+) -> torch.Tensor:
+    """Instance norm of `(batch, positions, channels)` over the positions (no affine, eps 1e-5), optionally only over
+    positions where `mask` `(batch, positions)` is 1; masked positions then come out as zeros. With `in_place` (and no
+    mask) `hidden_states` is overwritten with the result, which saves two copies of a pixel-sized projection."""
+    if mask is None:
+        mean = hidden_states.mean(dim=1, keepdim=True)
+        if in_place:
+            centered = hidden_states.sub_(mean)
+            # The squares a few thousand positions at a time, so that no second full-size tensor is written.
+            squares = sum(part.square().sum(dim=1, keepdim=True) for part in centered.split(_POSITIONS_PER_CHUNK, dim=1))
+            return centered.div_(torch.sqrt(squares / centered.shape[1] + 1e-5))
+        # Two-pass variance of the centred values: `var` over the strided positions axis is several times slower.
+        centered = hidden_states - mean
+        variance = centered.square().mean(dim=1, keepdim=True)
+        return centered / torch.sqrt(variance + 1e-5)
+    weights = mask.to(hidden_states.dtype)[..., None]
+    count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    mean = (hidden_states * weights).sum(dim=1, keepdim=True) / count
+    variance = ((hidden_states - mean) ** 2 * weights).sum(dim=1, keepdim=True) / count
+    return (hidden_states - mean) / torch.sqrt(variance + 1e-5) * weights
+
+
+class MagNetWordPixelAttention(nn.Module):
+    """
+    Language-side fusion: every word attends over the pixels (keys and values instance-normalised over pixels), and
+    the attended vision gates a projection of the word.
+
+    With `released_masking` (what the released weights need), the queries are multiplied by BERT's *additive* mask:
+    real words get an all-zero query (so they average the pixels) and padding positions a query scaled by -1e4; the
+    output is instance-normalised over all positions, padding included, so results depend on the padded length. This
+    module always runs in fp32: under fp16 the -1e4 x -1e4 products overflow.
+
+    Inputs: `words` `(batch, num_words, text_dim)`, `pixels` `(batch, num_pixels, visual_dim)`, 0/1 `word_mask`
+    `(batch, num_words)`. Output: the fusion residual `(batch, num_words, text_dim)`.
+    """
+
+    def __init__(self, text_dim: int, visual_dim: int, dropout: float = 0.0, released_masking: bool = True):
+        super().__init__()
+        self.released_masking = released_masking
+        self.visual_projection = nn.Linear(text_dim, text_dim)
+        self.query_projection = nn.Linear(text_dim, text_dim)
+        self.key_projection = nn.Linear(visual_dim, text_dim)
+        self.value_projection = nn.Linear(visual_dim, text_dim)
+        self.output_projection = nn.Linear(text_dim, text_dim)
+        self.fusion_projection = nn.Linear(text_dim, text_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = text_dim**-0.5
+
+    def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        # The pixel-sized key and value are text_dim wide.
+        groups = _inference_groups(self, pixels, pixels.shape[1] * self.key_projection.out_features)
+        if len(groups) > 1:
+            return torch.cat([self(words[group], pixels[group], word_mask[group]) for group in groups])
+        with torch.autocast(device_type=words.device.type, enabled=False):
+            words, pixels = _at_least_float32(words), _at_least_float32(pixels)
+            word_mask = word_mask.to(words.dtype)
+            visual = self.dropout(F.gelu(self.visual_projection(words)))
+            if self.released_masking:
+                query_scale = (1.0 - word_mask) * RELEASED_ADDITIVE_MASK_VALUE  # 0 for words, -1e4 for padding
+            else:
+                query_scale = word_mask
+            query = self.query_projection(words) * query_scale[..., None]  # (batch, num_words, text_dim)
+            # The pixel-sized key and value (text_dim wide: 44 MB per image at stage 1 of a 480x480 input) are made
+            # one after the other, and at inference normalised where they lie.
+            in_place = not torch.is_grad_enabled()
+            key = _normalize_over_positions(self.key_projection(pixels), in_place=in_place)  # (batch, pixels, text_dim)
+            scores = torch.matmul(query, key.transpose(1, 2)) * self.scale  # (batch, num_words, num_pixels)
+            del key
+            if self.released_masking:
+                # Constant along the softmax axis, so it masks nothing; kept because at fp32 it rounds the padding
+                # rows' huge scores exactly as they were rounded when the released weights were trained.
+                scores = scores + (1e4 * query_scale[..., None] - 1e4)
+            value = _normalize_over_positions(self.value_projection(pixels), in_place=in_place)
+            attended = self.output_projection(torch.matmul(scores.softmax(dim=-1), value))
+            del value
+            attended = _normalize_over_positions(attended, None if self.released_masking else word_mask)
+            return self.dropout(F.gelu(self.fusion_projection(visual * attended)))
+
+
+class MagNetLanguageFusion(nn.Module):
+    """Language-side fusion of one stage: word-pixel attention whose residual enters the language stream through a gate."""
+
+    def __init__(self, text_dim: int, visual_dim: int, dropout: float, released_masking: bool):
+        super().__init__()
+        self.word_pixel_attention = MagNetWordPixelAttention(text_dim, visual_dim, dropout, released_masking)
+        self.gate = MagNetResidualGate(text_dim, nn.ReLU)
+
+    def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        weights_dtype = self.gate.in_proj.weight.dtype
+        if weights_dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"The language fusion's weights are {weights_dtype}, but it must run in float32 (its released masking "
+                f"overflows half precision). Load with `from_pretrained(..., dtype={weights_dtype})`, which keeps it "
+                "in float32, call `.float()` on the model's `language_fusions` after casting, or cast nothing and run "
+                "under `torch.autocast`."
+            )
+        residual = self.word_pixel_attention(words, pixels, word_mask)
+        return self.gate(_at_least_float32(words), residual).to(words.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pixel decoder: Mask2Former's multi-scale deformable encoder over all four fused maps
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MagNetPixelDecoderLayer(nn.Module):
+    """Post-norm deformable self-attention + ReLU FFN over the flattened multi-scale tokens `(batch, tokens, hidden)`."""
+
+    FEEDFORWARD_CHUNK = 4096
+
+    def __init__(self, config: MagNetConfig, num_levels: int):
+        super().__init__()
+        hidden = config.decoder_hidden_size
+        self.self_attn = MagNetMultiscaleDeformableAttention(
+            embed_dim=hidden,
+            num_heads=config.pixel_decoder_num_heads,
+            n_levels=num_levels,
+            n_points=config.pixel_decoder_num_points,
+        )
+        self.self_attn_layer_norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, config.pixel_decoder_feedforward_size)
+        self.fc2 = nn.Linear(config.pixel_decoder_feedforward_size, hidden)
+        self.final_layer_norm = nn.LayerNorm(hidden)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        attended, _ = self.self_attn(
+            hidden_states=hidden_states,
+            encoder_hidden_states=hidden_states,
+            position_embeddings=position_embeddings,
+            reference_points=reference_points,
+            spatial_shapes_list=spatial_shapes,
+            level_start_index=level_start_index,
+        )
+        if torch.is_grad_enabled():
+            hidden_states = self.self_attn_layer_norm(hidden_states + attended)
+            return self.final_layer_norm(hidden_states + self.fc2(self.fc1(hidden_states).relu_()))
+        # Inference: every step after the attention acts per token, so both residuals, both norms and the FFN (whose
+        # inner activation, tokens x 1024, is the decoder's largest tensor) run a few thousand tokens at a time, in
+        # place in the attention output: one token-sized tensor instead of six.
+        if attended.dtype == hidden_states.dtype:
+            attended += hidden_states  # x + a == a + x exactly
+        else:  # autocast: a low-precision attention output joins a float32 stream
+            attended = hidden_states + attended
+        del hidden_states
+        for part in attended.view(-1, attended.shape[-1]).split(self.FEEDFORWARD_CHUNK):
+            normed = self.self_attn_layer_norm(part)
+            part.copy_(self.final_layer_norm(normed + self.fc2(self.fc1(normed).relu_())))
+        return attended
+
+
+class MagNetPixelDecoder(nn.Module):
+    """
+    Projects the four fused maps to `decoder_hidden_size`, refines them jointly with deformable attention, and returns
+    the mask features (stride 4) and the stride-32/16/8 maps the transformer decoder cycles through. No FPN convs: all
+    four levels go through the deformable encoder.
+    """
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__()
+        hidden = config.decoder_hidden_size
+        self.input_projections = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(dim, hidden, kernel_size=1), nn.GroupNorm(32, hidden)) for dim in config.stage_dims[::-1]]
+        )  # coarse to fine
+        self.position_embedding = Mask2FormerSinePositionEmbedding(num_position_features=hidden // 2, normalize=True)
+        self.level_embed = nn.Parameter(torch.zeros(len(config.stage_dims), hidden))
+        self.layers = nn.ModuleList(
+            [MagNetPixelDecoderLayer(config, len(config.stage_dims)) for _ in range(config.pixel_decoder_layers)]
+        )
+        self.mask_projection = nn.Conv2d(hidden, hidden, kernel_size=1)
+
+    @staticmethod
+    def reference_points(spatial_shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+        """Pixel centres of every level in [0, 1], `(1, tokens, levels, 2)` as (x, y)."""
+        points = []
+        for height, width in spatial_shapes:
+            y, x = torch.meshgrid(
+                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
+                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
+                indexing="ij",
+            )
+            points.append(torch.stack((x.reshape(-1) / width, y.reshape(-1) / height), dim=-1))
+        return torch.cat(points, dim=0)[None, :, None, :].expand(-1, -1, len(spatial_shapes), -1)
+
+    def forward(self, fused_features: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`fused_features`: fine to coarse `(batch, C_k, H_k, W_k)`. Returns `(mask_features, [1/32, 1/16, 1/8 maps])`."""
+        spatial_shapes = [tuple(feature.shape[-2:]) for feature in fused_features[::-1]]
+        sizes = [height * width for height, width in spatial_shapes]
+        batch_size = fused_features[0].shape[0]
+        hidden_states = position_embeddings = None
+        for level, (feature, projection, start) in enumerate(
+            zip(fused_features[::-1], self.input_projections, [0, *itertools.accumulate(sizes)])
+        ):
+            # Under autocast the sampling and GroupNorm stay in fp32 at least, as released; a model whose weights were
+            # loaded in half precision runs in its own dtype.
+            feature = feature.to(torch.promote_types(feature.dtype, projection[0].weight.dtype))
+            source = projection(feature).flatten(2).transpose(1, 2)  # (batch, H_l * W_l, hidden)
+            # The sine embedding is the same for every image: computed for one and broadcast over the batch.
+            position = self.position_embedding(torch.Size((1, *feature.shape[1:])), feature.device, feature.dtype)
+            position = position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1)
+            if hidden_states is None:  # every level written straight into its slice of the token sequence
+                hidden_states = source.new_empty(batch_size, sum(sizes), source.shape[-1])
+                position_embeddings = position.new_empty(1, sum(sizes), position.shape[-1])
+            hidden_states[:, start : start + sizes[level]] = source
+            position_embeddings[:, start : start + sizes[level]] = position
+            del source, position
+        level_start_index = torch.tensor([0] + sizes[:-1], device=hidden_states.device).cumsum(0)
+        reference_points = self.reference_points(spatial_shapes, hidden_states.device)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, position_embeddings, reference_points, spatial_shapes, level_start_index)
+        maps = [
+            level.transpose(1, 2).reshape(level.shape[0], -1, height, width)
+            for level, (height, width) in zip(hidden_states.split(sizes, dim=1), spatial_shapes)
+        ]
+        return self.mask_projection(maps[-1]), maps[:3]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pre-trained model and the network
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MagNetPreTrainedModel(PreTrainedModel):
+    config: MagNetConfig
+    config_class = MagNetConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MagNetSwinBlock", "BertLayer", "MagNetPixelDecoderLayer"]
+    # Loading with `dtype=torch.bfloat16` (or float16) keeps the language fusion in fp32: its released masking scales
+    # queries by -1e4, and the products overflow half precision.
+    _keep_in_fp32_modules_strict = ["language_fusions"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, MagNetResidualGate):
+            # The gates start closed so that new training begins from the unimodal streams.
+            init.zeros_(module.in_proj.weight)
+            init.zeros_(module.out_proj.weight)
+        elif isinstance(module, Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
+            init.constant_(module.sampling_offsets.weight, 0.0)
+            thetas = torch.arange(module.n_heads, dtype=torch.float32) * (2.0 * math.pi / module.n_heads)
+            grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+            grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(module.n_heads, 1, 1, 2)
+            grid = grid.repeat(1, module.n_levels, module.n_points, 1)
+            grid = grid * torch.arange(1, module.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+            init.copy_(module.sampling_offsets.bias, grid.view(-1))
+            init.constant_(module.attention_weights.weight, 0.0)
+            init.constant_(module.attention_weights.bias, 0.0)
+            init.xavier_uniform_(module.value_proj.weight)
+            init.constant_(module.value_proj.bias, 0.0)
+            init.xavier_uniform_(module.output_proj.weight)
+            init.constant_(module.output_proj.bias, 0.0)
+        elif isinstance(module, WindowAttention):
+            init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+            # A non-persistent buffer: checkpoints do not carry it, so it is rebuilt whenever weights are initialised.
+            init.copy_(module.relative_position_index, get_relative_position_index(*module.window_size))
+        elif isinstance(module, MagNetPixelDecoder):
+            init.normal_(module.level_embed, std=1.0)
+        elif isinstance(module, MagNetMaskGroundingHead):
+            init.trunc_normal_(module.modality_embeddings, std=std)
+        elif isinstance(module, nn.MultiheadAttention):
+            # torch's attention (Mask2Former's cross-attention, the Mask Grounding layers) keeps its input projection
+            # as a bare parameter that no Linear branch reaches: a checkpoint without it would otherwise leave it
+            # uninitialised memory. torch's own initialisation, redrawn.
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+        elif isinstance(module, BertLMPredictionHead):
+            init.zeros_(module.bias)  # the vocabulary projection itself is tied to the word embeddings
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=1.0)
+        if isinstance(module, MagNetSwinBlock):
+            module._shift_masks.clear()
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
+        """
+        As in transformers, and every saved folder also carries its Hub remote code and declares the
+        `referring-image-segmentation` pipeline, so that `pipeline(model=folder, trust_remote_code=True)` and the Auto
+        classes load it in a process that never imports magnet_hf, whoever wrote it (conversion, training, the demo
+        model, the pipeline). transformers records remote code only for classes registered with
+        `register_for_auto_class`, and the pipeline task only when the pipeline itself is saved, hence the override.
+
+        `auto_map` names the config and both model classes (`AutoModel`: the network, `AutoModelForImageSegmentation`:
+        with training losses); the processor's save records its own.
+        """
+        # The pipeline module is imported here, not at the top, because it is only needed to save; the import also
+        # makes transformers copy it (and the processing modules it imports) with this file as remote code.
+        from .pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
+
+        module = __name__.split(".")[-1]
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoConfig", f"{MagNetConfig.__module__.split('.')[-1]}.{MagNetConfig.__name__}")
+        auto_map.setdefault("AutoModel", f"{module}.MagNetModel")
+        auto_map.setdefault("AutoModelForImageSegmentation", f"{module}.MagNetForReferringSegmentation")
+        self.config.auto_map = auto_map
+        custom_pipelines = dict(getattr(self.config, "custom_pipelines", None) or {})
+        # The entry Pipeline.save_pretrained writes for a registered pipeline (see transformers' PipelineRegistry).
+        custom_pipelines.setdefault(
+            REFERRING_SEGMENTATION_TASK,
+            {
+                "impl": f"{MagNetReferringSegmentationPipeline.__module__.split('.')[-1]}.{MagNetReferringSegmentationPipeline.__name__}",
+                "pt": ["AutoModel"],
+                "tf": [],
+                "type": "multimodal",
+            },
+        )
+        self.config.custom_pipelines = custom_pipelines
+        result = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if is_main_process and Path(save_directory).is_dir():
+            # Copies this module, the pipeline module and every module they import relatively.
+            custom_object_save(self, save_directory)
+        return result
+
+
+class MagNetModel(MagNetPreTrainedModel):
+    """
+    The MagNet inference network: image and language streams fused after each of four stages, a deformable pixel
+    decoder and a one-query masked-attention decoder. Predicts one mask per (image, expression) pair.
+    """
+
+    # Training-only heads of MagNetForReferringSegmentation, present when a full checkpoint is loaded as AutoModel.
+    _keys_to_ignore_on_load_unexpected = [r"^text_projection\.", r"^mask_grounding\."]
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__(config)
+        text_dim = config.text_config.hidden_size
+        self.image_encoder = MagNetImageEncoder(config)
+        self.text_encoder = BertModel(config.text_config, add_pooling_layer=False)
+        num_stages = len(config.stage_dims)
+        self.image_fusions = nn.ModuleList(
+            [
+                MagNetImageFusion(dim, text_dim, config.fusion_pool_sizes, config.fusion_dropout, has_gate=i < num_stages - 1)
+                for i, dim in enumerate(config.stage_dims)
+            ]
+        )
+        self.language_fusions = nn.ModuleList(
+            [
+                MagNetLanguageFusion(text_dim, dim, config.fusion_dropout, config.released_language_masking)
+                for dim in config.stage_dims
+            ]
+        )
+        self.pixel_decoder = MagNetPixelDecoder(config)
+        self.transformer_decoder = Mask2FormerTransformerModule(
+            in_features=config.decoder_hidden_size, config=self._mask2former_config(config)
+        )
+        self.class_predictor = nn.Linear(config.decoder_hidden_size, 2)
+        self.post_init()
+
+    @staticmethod
+    def _mask2former_config(config: MagNetConfig) -> Mask2FormerConfig:
+        """The settings transformers' Mask2Former decoder reads, taken from the MagNet config."""
+        return Mask2FormerConfig(
+            hidden_dim=config.decoder_hidden_size,
+            mask_feature_size=config.decoder_hidden_size,
+            feature_size=config.decoder_hidden_size,
+            num_queries=config.num_queries,
+            # Mask2Former's decoder builds `decoder_layers - 1` layers (the first prediction needs no layer).
+            decoder_layers=config.decoder_layers + 1,
+            num_attention_heads=config.decoder_num_heads,
+            dim_feedforward=config.decoder_feedforward_size,
+            pre_norm=False,
+            dropout=0.0,
+            enforce_input_projection=False,
+        )
+
+    def _check_inputs(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        if pixel_values is None or input_ids is None:
+            raise ValueError("MagNet needs both `pixel_values` and `input_ids` (use MagNetProcessor to make them).")
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"`pixel_values` must be (batch, {self.config.num_channels}, height, width), got {tuple(pixel_values.shape)}."
+            )
+        if input_ids.dim() != 2 or input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"`input_ids` must be (batch, sequence_length) with the batch of `pixel_values` "
+                f"({pixel_values.shape[0]}), got {tuple(input_ids.shape)}."
+            )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"`attention_mask` {tuple(attention_mask.shape)} must match `input_ids` {tuple(input_ids.shape)}."
+            )
+        limit = self.config.text_config.max_position_embeddings
+        if input_ids.shape[1] > limit:
+            raise ValueError(f"Sequences of {input_ids.shape[1]} tokens exceed BERT's {limit} positions.")
+        minimum = self.config.patch_size * 2 ** (len(self.config.depths) - 1)
+        if min(pixel_values.shape[-2:]) < minimum:
+            raise ValueError(f"Images must be at least {minimum}x{minimum} pixels, got {tuple(pixel_values.shape[-2:])}.")
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        output_text_features: bool = False,
+        **kwargs,
+    ) -> MagNetModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images ([`MagNetImageProcessor`]).
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                BERT token ids of one expression per image, padded with id 0 to the training length (20 for the
+                released weights: the language fusion normalises over padding, so the length changes results).
+            attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                1 on real tokens, 0 on padding. Defaults to all ones.
+            output_hidden_states (`bool`, *optional*):
+                Also return `fused_features` and `text_features`.
+            output_text_features (`bool`, *optional*, defaults to `False`):
+                Run the last language fusion and return `text_features` (training losses need it).
+
+        Returns: [`MagNetModelOutput`], or a tuple of its non-`None` fields when `return_dict=False`.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_inputs(pixel_values, input_ids, attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        want_text = output_hidden_states or output_text_features
+        fused_features, words = self.encode(pixel_values, input_ids, attention_mask, run_last_language_fusion=want_text)
+        mask_features, mask_predictions, query_states = self._decode(fused_features)
+        class_predictions = [self.class_predictor(hidden) for hidden in query_states]
+        auxiliary = tuple(
+            {"pred_masks": masks, "pred_logits": logits}
+            for masks, logits in zip(mask_predictions[:-1], class_predictions[:-1])
+        )
+        output = MagNetModelOutput(
+            pred_masks=mask_predictions[-1],
+            pred_logits=class_predictions[-1],
+            auxiliary_predictions=auxiliary,
+            mask_features=mask_features,
+            text_features=words if want_text else None,
+            fused_features=tuple(fused_features) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        run_last_language_fusion: bool = False,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """
+        The two-stream fused encoder: Swin and BERT stages side by side, each stage followed by the image-side fusion
+        (Cross-modal Alignment Module: Pixel-Word Attention, Language Gate, pyramid branch) and the language-side
+        fusion, both reading the other stream's pre-fusion output.
+
+        Args:
+            pixel_values: `(batch, 3, H, W)` normalised images.
+            input_ids, attention_mask: `(batch, words)` BERT ids and their 1/0 mask.
+            run_last_language_fusion: also run the last stage's language fusion, whose output feeds no inference
+                path (the training losses read it).
+
+        Returns: the four fused maps `(batch, C_k, H_k, W_k)` at strides 4, 8, 16, 32, and the language stream
+        `(batch, words, text_hidden)` after its last fusion (before it when `run_last_language_fusion` is off).
+        """
+        words = self.text_encoder.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        text_attention_mask = create_bidirectional_mask(
+            config=self.text_encoder.config, inputs_embeds=words, attention_mask=attention_mask
+        )
+        visual = self.image_encoder.patch_embed(pixel_values)  # (batch, H/4, W/4, C)
+
+        fused_features = []
+        layer_start = 0
+        num_stages = len(self.image_encoder.layers)
+        for stage, layer_end in enumerate(self.config.text_stage_end_layers):
+            visual = self.image_encoder.layers[stage](visual)
+            for layer in self.text_encoder.encoder.layer[layer_start:layer_end]:
+                words = layer(words, attention_mask=text_attention_mask)
+            layer_start = layer_end
+            # Both sides read each other's pre-fusion outputs.
+            gated_visual, fused = self.image_fusions[stage](visual, words, attention_mask)
+            fused_features.append(fused)
+            is_last = stage == num_stages - 1
+            if not is_last or run_last_language_fusion:
+                pixels = visual.flatten(1, 2)
+                words = self.language_fusions[stage](words, pixels, attention_mask)
+            if not is_last:
+                visual = gated_visual
+        return fused_features, words
+
+    def _decode(self, fused_features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """
+        Pixel decoder and transformer decoder over the fused maps (fine to coarse `(batch, C_k, H_k, W_k)`). Returns
+        the mask features `(batch, hidden, H/4, W/4)`, every decoder layer's mask logits `(batch, queries, H/4, W/4)`
+        and its query states `(batch, queries, hidden)`. Both decoders act on each image alone, and the pixel decoder's
+        19,125-token sequence is 20 MB per image at 480x480, so inference runs them group by group.
+        """
+        tokens = sum(feature.shape[-2] * feature.shape[-1] for feature in fused_features)
+        groups = _inference_groups(self, fused_features[0], tokens * self.config.decoder_hidden_size)
+        mask_features, mask_predictions, query_states = [], [], []
+        for group in groups:
+            features, multi_scale_features = self.pixel_decoder(tuple(feature[group] for feature in fused_features))
+            decoded = self.transformer_decoder(multi_scale_features=multi_scale_features, mask_features=features)
+            mask_features.append(features)
+            mask_predictions.append(decoded.masks_queries_logits)
+            query_states.append([hidden.transpose(0, 1) for hidden in decoded.intermediate_hidden_states])
+        if len(groups) == 1:
+            return mask_features[0], list(mask_predictions[0]), query_states[0]
+        return (
+            torch.cat(mask_features),
+            [torch.cat(layer) for layer in zip(*mask_predictions)],
+            [torch.cat(layer) for layer in zip(*query_states)],
+        )
+
+    def load_pretrained_image_encoder(self, name_or_path: str | Path) -> None:
+        """Loads Swin weights from a timm model name (downloads) or a local `.pth`/`.bin`/`.safetensors` file (timm or
+        original Microsoft layout). Fusion and decoder weights are untouched. Raises `ValueError` if nothing matches."""
+        state_dict = load_swin_state_dict(name_or_path, self.image_encoder)
+        _load_matching(self.image_encoder, state_dict, f"Swin weights from {name_or_path}")
+
+    def load_pretrained_text_encoder(self, name_or_path: str | Path) -> None:
+        """Loads BERT weights from a Hub id or a local folder (`BertModel.from_pretrained`)."""
+        source = BertModel.from_pretrained(str(name_or_path), add_pooling_layer=False)
+        _load_matching(self.text_encoder, source.state_dict(), f"BERT weights from {name_or_path}")
+
+
+def load_swin_state_dict(name_or_path: str | Path, image_encoder: MagNetImageEncoder) -> dict[str, torch.Tensor]:
+    """Reads Swin weights (timm name, or a local file in timm's or Microsoft's layout) and maps them onto
+    `image_encoder`'s names with timm's own filter (moves the original end-of-stage patch merging to timm's
+    start-of-stage, resizes position-bias tables to the window)."""
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    path = Path(name_or_path)
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state_dict = load_file(str(path))
+        else:
+            try:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:
+                raise ValueError(f"Could not read Swin weights from {path}: {error}") from error
+    elif path.exists():
+        raise ValueError(f"{path} is a folder; pass a Swin weights file (.pth, .bin or .safetensors) or a timm name.")
+    else:
+        import timm
+
+        try:
+            state_dict = timm.create_model(str(name_or_path), pretrained=True, num_classes=0).state_dict()
+        except Exception as error:
+            raise ValueError(
+                f"{name_or_path!r} is neither a local file nor a loadable timm model ({error}). "
+                "Offline, pass the path of a downloaded checkpoint."
+            ) from error
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{name_or_path} does not hold a state dict.")
+    state_dict = checkpoint_filter_fn(state_dict, image_encoder)
+    return {k: v for k, v in state_dict.items() if k.startswith(("patch_embed.", "layers."))}
+
+
+def _load_matching(module: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """Copies `state_dict` into `module`, requiring every parameter of `module` to be present with its shape."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    wrong = sorted(k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape))
+    if missing or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} (first: {missing[:5]})")
+        if wrong:
+            details.append(
+                "mis-shaped " + ", ".join(f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:5])
+            )
+        raise ValueError(f"Cannot load {what}: " + "; ".join(details) + ". Is it the right architecture?")
+    module.load_state_dict({k: state_dict[k] for k in own}, strict=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training-only heads: Mask Grounding (reconstructed from the paper; no training code was released)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MagNetMaskEncoder(nn.Module):
+    """
+    Encodes the ground-truth mask for Mask Grounding: the mask's coverage of each cell of a grid four times finer than
+    the visual tokens goes through two stride-2 convolutions, so the output lands exactly on the visual token grid.
+
+    Input: 0/1 `labels` `(batch, height, width)` at any size and the target `grid` `(h, w)`.
+    Output: `(batch, hidden_size, h, w)`.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, hidden_size // 4, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(hidden_size // 4, hidden_size // 2, kernel_size=3, stride=2, padding=1)
+        self.projection = nn.Conv2d(hidden_size // 2, hidden_size, kernel_size=1)
+
+    def forward(self, labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        height, width = grid
+        coverage = F.adaptive_avg_pool2d(labels[:, None].to(self.conv1.weight.dtype), (4 * height, 4 * width))
+        hidden_states = F.gelu(self.conv1(coverage))  # (batch, hidden / 4, 2h, 2w)
+        hidden_states = F.gelu(self.conv2(hidden_states))  # (batch, hidden / 2, h, w)
+        return self.projection(hidden_states)
+
+
+class MagNetMaskedTokenPredictor(nn.Module):
+    """
+    The paper's Masked Token Predictor: a stack of transformers' `BertLayer`s over the concatenated language, visual
+    and mask tokens, then BERT's own masked-LM head (`BertLMPredictionHead`) at the masked language positions. The
+    head's vocabulary projection is the text encoder's word embedding matrix itself
+    (`MagNetForReferringSegmentation._tied_weights_keys`, as in `BertForMaskedLM`), stored once in checkpoints.
+
+    Input: `tokens` `(batch, tokens, hidden)`, `token_mask` `(batch, tokens)` (1 = attend), `predict_positions`
+    `(batch, words)` bool over the first `words` tokens. Output: logits `(num_positions, vocab_size)`.
+    """
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__()
+        text_config = config.text_config
+        self.config = BertConfig(
+            hidden_size=config.mask_grounding_hidden_size,
+            num_hidden_layers=config.mask_grounding_layers,
+            num_attention_heads=config.mask_grounding_num_heads,
+            intermediate_size=config.mask_grounding_intermediate_size,
+            hidden_act=text_config.hidden_act,
+            hidden_dropout_prob=text_config.hidden_dropout_prob,  # an MLM transformer: BERT's dropout
+            attention_probs_dropout_prob=text_config.attention_probs_dropout_prob,
+            layer_norm_eps=text_config.layer_norm_eps,
+        )
+        self.config._attn_implementation = text_config._attn_implementation
+        self.encoder = BertEncoder(self.config)
+        # BERT's MLM head works at the width of the word embeddings it is tied to.
+        self.output_projection = nn.Linear(config.mask_grounding_hidden_size, text_config.hidden_size)
+        self.head = BertLMPredictionHead(text_config)
+
+    def forward(
+        self, tokens: torch.Tensor, token_mask: torch.Tensor, predict_positions: torch.Tensor
+    ) -> torch.Tensor:
+        attention_mask = create_bidirectional_mask(config=self.config, inputs_embeds=tokens, attention_mask=token_mask)
+        hidden_states = self.encoder(tokens, attention_mask=attention_mask).last_hidden_state  # (batch, tokens, hidden)
+        words = hidden_states[:, : predict_positions.shape[1]][predict_positions]  # (num_positions, hidden)
+        return self.head(self.output_projection(words))  # (num_positions, vocab_size)
+
+
+class MagNetMaskGroundingHead(nn.Module):
+    """
+    The paper's Mask Grounding auxiliary task (training only). It reads one pass of the two-stream fused encoder on
+    the *masked* sentence ([`MagNetModel.encode`]), so no original word at a masked position can reach it:
+
+    - language tokens: that pass's language stream after its last fusion `(batch, words, text_hidden)`, which
+      carries the Mask Grounding signal back into every language- and image-side fusion;
+    - visual tokens: that pass's fused map at `config.mask_grounding_visual_stride` `(batch, C_k, h, w)`;
+    - mask tokens: the ground-truth mask through [`MagNetMaskEncoder`] onto the same `h x w` grid.
+
+    Each stream is projected to `mask_grounding_hidden_size`, layer-normalised and tagged with a learned modality
+    embedding; visual and mask tokens share a sine position encoding, so a mask token and the visual token at its
+    place are aligned. [`MagNetMaskedTokenPredictor`] classifies the masked positions over the vocabulary.
+    """
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__()
+        hidden = config.mask_grounding_hidden_size
+        visual_dim = config.stage_dims[config.mask_grounding_stage]
+        self.language_projection = nn.Sequential(nn.Linear(config.text_config.hidden_size, hidden), nn.LayerNorm(hidden))
+        self.visual_projection = nn.Sequential(nn.Linear(visual_dim, hidden), nn.LayerNorm(hidden))
+        self.mask_encoder = MagNetMaskEncoder(hidden)
+        self.mask_norm = nn.LayerNorm(hidden)
+        self.modality_embeddings = nn.Parameter(torch.zeros(3, hidden))  # language, visual, mask
+        self.position_embedding = Mask2FormerSinePositionEmbedding(num_position_features=hidden // 2, normalize=True)
+        self.token_predictor = MagNetMaskedTokenPredictor(config)
+
+    def forward(
+        self,
+        language_features: torch.Tensor,
+        attention_mask: torch.Tensor,
+        visual_features: torch.Tensor,
+        labels: torch.Tensor,
+        predict_positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            language_features: `(batch, words, text_hidden)`, the fused language stream of the masked pass.
+            attention_mask: `(batch, words)`, 1 on real tokens.
+            visual_features: `(batch, channels, h, w)`, the fused map of the masked pass at the configured stride.
+            labels: `(batch, height, width)` 0/1 ground-truth masks.
+            predict_positions: `(batch, words)` bool, the masked positions to classify.
+
+        Returns: logits `(num_positions, vocab_size)` of the `True` entries of `predict_positions`, in row-major order.
+        """
+        batch_size = language_features.shape[0]
+        grid = tuple(visual_features.shape[-2:])
+        language = self.language_projection(language_features) + self.modality_embeddings[0]  # (batch, words, hidden)
+        positions = self.position_embedding(
+            (batch_size, 1, *grid), visual_features.device, language.dtype
+        ).flatten(2).transpose(1, 2)  # (batch, h*w, hidden)
+        visual = self.visual_projection(visual_features.flatten(2).transpose(1, 2).to(language.dtype))
+        visual = visual + self.modality_embeddings[1] + positions  # (batch, h*w, hidden)
+        mask = self.mask_encoder(labels, grid).flatten(2).transpose(1, 2)  # (batch, h*w, hidden)
+        mask = self.mask_norm(mask) + self.modality_embeddings[2] + positions
+        tokens = torch.cat([language, visual, mask], dim=1)  # (batch, words + 2*h*w, hidden)
+        token_mask = torch.ones(tokens.shape[:2], dtype=attention_mask.dtype, device=tokens.device)
+        token_mask[:, : attention_mask.shape[1]] = attention_mask  # language padding is never attended
+        return self.token_predictor(tokens, token_mask, predict_positions)
+
+
+class MagNetForReferringSegmentation(MagNetPreTrainedModel):
+    """
+    [`MagNetModel`] plus what training needs: `text_projection` (the released `lang_proj`) for the cross-modal
+    alignment loss and, with `config.use_mask_grounding`, the Mask Grounding head `mask_grounding`. With `labels` it
+    returns the segmentation loss (sigmoid BCE + dice on the mask and class cross-entropy, on every decoder
+    prediction) plus the enabled auxiliary losses. Predictions never depend on the training heads.
+    """
+
+    # Released checkpoints never had the Mask Grounding head: it is initialised from scratch, without a warning.
+    _keys_to_ignore_on_load_missing = [r"^mask_grounding\."]
+    # The Masked Token Predictor's vocabulary projection is BERT's word embedding matrix, as in BertForMaskedLM.
+    _mask_grounding_tied_weights_keys = {
+        "mask_grounding.token_predictor.head.decoder.weight": "model.text_encoder.embeddings.word_embeddings.weight",
+        "mask_grounding.token_predictor.head.decoder.bias": "mask_grounding.token_predictor.head.bias",
+    }
+
+    def __init__(self, config: MagNetConfig):
+        super().__init__(config)
+        self.model = MagNetModel(config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.decoder_hidden_size)
+        self.mask_grounding = MagNetMaskGroundingHead(config) if config.use_mask_grounding else None
+        self._tied_weights_keys = dict(self._mask_grounding_tied_weights_keys) if config.use_mask_grounding else {}
+        self.post_init()
+
+    def _check_training_inputs(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None,
+        masked_input_ids: torch.Tensor | None,
+        mlm_labels: torch.Tensor | None,
+    ) -> None:
+        if (masked_input_ids is None) != (mlm_labels is None):
+            raise ValueError(
+                "Mask Grounding needs both `masked_input_ids` and `mlm_labels` (DataCollatorForReferringSegmentation "
+                "makes them together); got only one."
+            )
+        if masked_input_ids is None or self.mask_grounding is None:
+            return
+        if labels is None:
+            raise ValueError("Mask Grounding reads the ground-truth mask: pass `labels` with `masked_input_ids`.")
+        for name, tensor in (("masked_input_ids", masked_input_ids), ("mlm_labels", mlm_labels)):
+            if tuple(tensor.shape) != tuple(input_ids.shape):
+                raise ValueError(f"`{name}` {tuple(tensor.shape)} must match `input_ids` {tuple(input_ids.shape)}.")
+        from .losses_magnet import IGNORE_INDEX
+
+        vocab_size = self.config.text_config.vocab_size
+        if not ((mlm_labels == IGNORE_INDEX) | ((mlm_labels >= 0) & (mlm_labels < vocab_size))).all():
+            raise ValueError(f"`mlm_labels` must be token ids in [0, {vocab_size}) or {IGNORE_INDEX} (not masked).")
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        labels: torch.FloatTensor | None = None,
+        masked_input_ids: torch.LongTensor | None = None,
+        mlm_labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MagNetReferringSegmentationOutput | tuple:
+        r"""
+        Args:
+            pixel_values, input_ids, attention_mask, output_hidden_states: as in [`MagNetModel.forward`]. The
+                segmentation forward always reads the unmasked `input_ids`.
+            labels (`torch.FloatTensor` of shape `(batch_size, height, width)`, *optional*):
+                0/1 ground-truth masks at any resolution; they are compared with the mask logits at stride 4. They
+                switch the losses on: segmentation, plus the alignment loss with `config.use_alignment_loss`.
+            masked_input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                `input_ids` with some tokens replaced by [MASK], for Mask Grounding (with `labels` and `mlm_labels`).
+                Ignored when the model has no Mask Grounding head (`config.use_mask_grounding=False`), so one data
+                collator serves both ablations.
+            mlm_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                The original ids at the masked positions, -100 elsewhere. Give both or neither of the two.
+
+        Returns: [`MagNetReferringSegmentationOutput`], or a tuple of its non-`None` fields when `return_dict=False`.
+        `loss_dict` holds `loss_mask`, `loss_dice`, `loss_class`, `loss_total_auxiliary`, and `loss_mask_grounding`,
+        `loss_pixel_text`, `loss_pixel_pixel` when those terms ran (unweighted; `loss` has the configured weights).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        self._check_training_inputs(input_ids, labels, masked_input_ids, mlm_labels)
+        run_grounding = self.mask_grounding is not None and masked_input_ids is not None and labels is not None
+        shared = run_grounding and self.config.mask_grounding_mode == "shared"
+        run_alignment = self.config.use_alignment_loss and labels is not None
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        outputs = self.model(
+            pixel_values,
+            masked_input_ids if shared else input_ids,
+            attention_mask,
+            output_hidden_states=output_hidden_states or shared,  # the shared pass gives Mask Grounding its tokens
+            output_text_features=run_alignment or shared,
+            return_dict=True,
+        )
+        loss = loss_dict = None
+        if labels is not None:
+            # `from .module import` form: it is what save_pretrained follows to copy Hub remote code.
+            from .losses_magnet import segmentation_losses
+
+            loss, loss_dict = segmentation_losses(outputs, labels, self.config)
+            if run_grounding:
+                if shared:
+                    masked_pass = (list(outputs.fused_features), outputs.text_features)
+                else:
+                    masked_pass = None
+                grounding = self._mask_grounding_loss(
+                    pixel_values, attention_mask, labels, masked_input_ids, mlm_labels, masked_pass
+                )
+                loss = loss + self.config.mask_grounding_loss_weight * grounding
+                loss_dict["loss_mask_grounding"] = grounding.detach()
+            if run_alignment:
+                pixel_text, pixel_pixel = self._alignment_losses(outputs, attention_mask, labels)
+                loss = loss + self.config.pixel_text_loss_weight * pixel_text
+                loss = loss + self.config.pixel_pixel_loss_weight * pixel_pixel
+                loss_dict["loss_pixel_text"] = pixel_text.detach()
+                loss_dict["loss_pixel_pixel"] = pixel_pixel.detach()
+        fields = dict(outputs)
+        if not output_hidden_states:
+            fields.pop("fused_features", None)
+        output = MagNetReferringSegmentationOutput(loss=loss, loss_dict=loss_dict, **fields)
+        return output if return_dict else output.to_tuple()
+
+    def _mask_grounding_loss(
+        self,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        masked_input_ids: torch.Tensor,
+        mlm_labels: torch.Tensor,
+        masked_pass: tuple[list[torch.Tensor], torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """
+        Mask Grounding's cross-entropy over the masked tokens of the batch. `masked_pass` is the (fused maps,
+        language stream) of the shared forward on the masked sentence; without it (`separate` mode) the fused encoder
+        runs again on the masked sentence, for the samples that have a masked token only (with the authors' rule
+        about 4 in 10 short sentences draw none, and they add no loss).
+        """
+        from .losses_magnet import IGNORE_INDEX, mask_grounding_loss
+
+        predict_positions = mlm_labels != IGNORE_INDEX  # (batch, words)
+        if masked_pass is None:
+            rows = predict_positions.any(1).nonzero().flatten()
+            if rows.numel() == 0:
+                # One sample with nothing to predict keeps every head parameter in the graph (a zero loss), as
+                # distributed data parallel wants the same parameters used in every process.
+                rows = torch.zeros(1, dtype=torch.long, device=masked_input_ids.device)
+            if rows.numel() < masked_input_ids.shape[0]:  # the whole batch needs no copy
+                pixel_values, masked_input_ids, attention_mask = pixel_values[rows], masked_input_ids[rows], attention_mask[rows]
+                labels, predict_positions, mlm_labels = labels[rows], predict_positions[rows], mlm_labels[rows]
+            fused_features, language_features = self.model.encode(
+                pixel_values, masked_input_ids, attention_mask, run_last_language_fusion=True
+            )
+        else:
+            fused_features, language_features = masked_pass
+        token_logits = self.mask_grounding(
+            language_features,
+            attention_mask,
+            fused_features[self.config.mask_grounding_stage],
+            labels,
+            predict_positions,
+        )
+        return mask_grounding_loss(token_logits, mlm_labels[predict_positions])
+
+    def _alignment_losses(
+        self, outputs: MagNetModelOutput, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Pixel-to-text and pixel-to-pixel terms on the mask features. The sentence embedding is `text_projection` of
+        the mean of the fused language features over the real tokens ([CLS] and [SEP] included): the network has no
+        trained pooler, and the mean is what the fusion modules themselves see of every word.
+        """
+        from .losses_magnet import alignment_targets, pixel_pixel_alignment_loss, pixel_text_alignment_loss
+
+        word_weights = attention_mask.to(outputs.text_features.dtype)[..., None]  # (batch, words, 1)
+        sentence = (outputs.text_features * word_weights).sum(1) / word_weights.sum(1).clamp(min=1.0)
+        text_embeddings = self.text_projection(sentence)  # (batch, decoder_hidden)
+        mask_features = outputs.mask_features
+        targets = alignment_targets(labels, tuple(mask_features.shape[-2:]))
+        pixel_text = pixel_text_alignment_loss(
+            mask_features, text_embeddings, targets, self.config.pixel_text_temperature
+        )
+        pixel_pixel = pixel_pixel_alignment_loss(
+            mask_features, targets, self.config.pixel_pixel_temperature, self.config.alignment_max_pixels
+        )
+        return pixel_text, pixel_pixel
+
+    def load_pretrained_image_encoder(self, name_or_path: str | Path) -> None:
+        """See [`MagNetModel.load_pretrained_image_encoder`]."""
+        self.model.load_pretrained_image_encoder(name_or_path)
+
+    def load_pretrained_text_encoder(self, name_or_path: str | Path) -> None:
+        """See [`MagNetModel.load_pretrained_text_encoder`]."""
+        self.model.load_pretrained_text_encoder(name_or_path)
+
+
+__all__ = ["MagNetModel", "MagNetForReferringSegmentation", "MagNetPreTrainedModel", "MagNetModelOutput",
+           "MagNetReferringSegmentationOutput", "MagNetMaskGroundingHead", "MagNetMaskEncoder",
+           "MagNetMaskedTokenPredictor"]
