@@ -1254,6 +1254,10 @@ class MagNetMaskedTokenPredictor(nn.Module):
         # BERT's MLM head works at the width of the word embeddings it is tied to.
         self.output_projection = nn.Linear(config.mask_grounding_hidden_size, text_config.hidden_size)
         self.head = BertLMPredictionHead(text_config)
+        # One bias parameter, the head's own (`head.bias`, the checkpoint name). BERT's decoder holds the same tensor
+        # a second time through a tie, which FSDP would see in two units (the decoder is sharded with the word
+        # embeddings it shares its weight with); here the decoder has no bias and the head's is added after it.
+        self.head.decoder.bias = None
 
     def forward(
         self, tokens: torch.Tensor, token_mask: torch.Tensor, predict_positions: torch.Tensor
@@ -1261,7 +1265,7 @@ class MagNetMaskedTokenPredictor(nn.Module):
         attention_mask = create_bidirectional_mask(config=self.config, inputs_embeds=tokens, attention_mask=token_mask)
         hidden_states = self.encoder(tokens, attention_mask=attention_mask).last_hidden_state  # (batch, tokens, hidden)
         words = hidden_states[:, : predict_positions.shape[1]][predict_positions]  # (num_positions, hidden)
-        return self.head(self.output_projection(words))  # (num_positions, vocab_size)
+        return self.head(self.output_projection(words)) + self.head.bias  # (num_positions, vocab_size)
 
 
 class MagNetMaskGroundingHead(nn.Module):
@@ -1338,7 +1342,6 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
     # The Masked Token Predictor's vocabulary projection is BERT's word embedding matrix, as in BertForMaskedLM.
     _mask_grounding_tied_weights_keys = {
         "mask_grounding.token_predictor.head.decoder.weight": "model.text_encoder.embeddings.word_embeddings.weight",
-        "mask_grounding.token_predictor.head.decoder.bias": "mask_grounding.token_predictor.head.bias",
     }
 
     def __init__(self, config: MagNetConfig):
@@ -1349,6 +1352,15 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         self._tied_weights_keys = dict(self._mask_grounding_tied_weights_keys) if config.use_mask_grounding else {}
         self.post_init()
 
+    def post_init(self):
+        super().post_init()
+        if self._tied_weights_keys:
+            # transformers collects BERT's `BertEmbeddings` as a unit of its own. Here the word embeddings are also the
+            # Mask Grounding head's vocabulary projection, and a tied pair must stay in one unit: FSDP sharding one
+            # side alone unties them (accelerate's FSDP2 preparation shards tied input and output embeddings
+            # together).
+            self._no_split_modules.discard("BertEmbeddings")
+
     def get_input_embeddings(self) -> nn.Embedding:
         """BERT's word embeddings (`resize_token_embeddings` resizes them)."""
         return self.model.get_input_embeddings()
@@ -1358,16 +1370,24 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
 
     def get_output_embeddings(self) -> nn.Linear | None:
         """The Masked Token Predictor's vocabulary projection, tied to the word embeddings (as `BertForMaskedLM`'s
-        decoder): `resize_token_embeddings` resizes it and its per-token bias along with them. `None` without the
-        Mask Grounding head."""
+        decoder): `resize_token_embeddings` resizes it, and its per-token bias with it. `None` without the Mask
+        Grounding head."""
         if self.mask_grounding is None:
             return None
         return self.mask_grounding.token_predictor.head.decoder
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        """Installs a resized vocabulary projection; the head's per-token bias (kept outside the projection, see
+        [`MagNetMaskedTokenPredictor`]) follows its size: kept entries keep their values, new tokens start at 0."""
         head = self.mask_grounding.token_predictor.head
         head.decoder = new_embeddings
-        head.bias = new_embeddings.bias
+        vocab_size = new_embeddings.out_features
+        if head.bias.shape[0] != vocab_size:
+            bias = head.bias.new_zeros(vocab_size)
+            kept = min(vocab_size, head.bias.shape[0])
+            with torch.no_grad():
+                bias[:kept] = head.bias[:kept]
+            head.bias = nn.Parameter(bias, requires_grad=head.bias.requires_grad)
 
     def _check_training_inputs(
         self,
