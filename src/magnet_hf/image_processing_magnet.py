@@ -106,10 +106,13 @@ def _size_of(size) -> tuple[int, int]:
     return height, width
 
 
-def _normalisation(mean, std) -> tuple[np.ndarray, np.ndarray]:
+def _normalisation(mean, std, channels: int | None = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Checked mean and std: `channels` values each (any number, the same for both, when `None`)."""
     mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
-    if mean.shape != (3,) or std.shape != (3,):
+    if channels is not None and (mean.shape != (channels,) or std.shape != (channels,)):
         raise ValueError(f"image_mean and image_std need three values (RGB), got {mean.tolist()} and {std.tolist()}.")
+    if mean.ndim > 1 or std.ndim > 1 or (mean.ndim == std.ndim == 1 and mean.shape != std.shape):
+        raise ValueError(f"image_mean and image_std need one value per channel, got {mean.tolist()} and {std.tolist()}.")
     if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
         shown = [[float(f"{value:.6g}") for value in values] for values in (mean, std)]
         raise ValueError(f"image_mean must be finite and image_std finite and positive, got {shown[0]} and {shown[1]}.")
@@ -138,6 +141,18 @@ class _MagNetImageProcessingMixin:
     do_convert_rgb = True
     return_tensors = "pt"  # MagNet's processors have always returned a batch tensor by default
 
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if self._auto_class is not None:
+            # Hub remote code: both backends, so that AutoImageProcessor picks one at load time as it does for local
+            # classes (`backend=`). Written whether or not this object was saved or loaded, so that the dict survives a
+            # round trip unchanged and is the same for both backends.
+            module = type(self).__module__.split(".")[-1]
+            output["auto_map"] = {
+                self._auto_class: {"torchvision": f"{module}.MagNetImageProcessor", "pil": f"{module}.MagNetImageProcessorPil"}
+            }
+        return output
+
     def check_settings(self) -> None:
         """Refuses settings (from a model folder's config) that cannot give sane pixels: a size above
         `MAX_MODEL_INPUT_SIZE`, a zero, negative or non-finite `image_std`, a non-finite `image_mean`.
@@ -157,7 +172,8 @@ class _MagNetImageProcessingMixin:
         if do_resize:
             _size_of(size)
         if do_normalize:
-            _normalisation(image_mean, image_std)
+            # One value per channel of the images: three after RGB conversion, the image's own without it.
+            _normalisation(image_mean, image_std, channels=3 if kwargs.get("do_convert_rgb", True) else None)
         data_format = kwargs.get("data_format")
         if data_format is not None and ChannelDimension(data_format) not in (ChannelDimension.FIRST, ChannelDimension.LAST):
             raise ValueError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}.")
