@@ -152,6 +152,14 @@ def test_cli_converts_with_tokenizer(official_fixtures, tokenizer_dir, tmp_path,
     assert code == 0 and "Converted" in capsys.readouterr().out
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"config.json", "model.safetensors", "processor_config.json", "modeling_magnet.py"} <= names
+    # The released transform is the PIL backend's, bit for bit: the converted processor records it and loads with it.
+    from transformers import AutoProcessor
+
+    from magnet_hf import MagNetImageProcessorPil, MagNetProcessor
+
+    assert json.loads((tmp_path / "out" / "processor_config.json").read_text())["image_processor_backend"] == "pil"
+    assert type(MagNetProcessor.from_pretrained(tmp_path / "out").image_processor) is MagNetImageProcessorPil
+    assert type(AutoProcessor.from_pretrained(tmp_path / "out").image_processor) is MagNetImageProcessorPil
 
 
 def test_converted_folder_lacks_only_the_training_head_and_loads_without_warnings(official_fixtures, tmp_path):

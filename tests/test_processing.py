@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -196,3 +197,31 @@ def test_processor_round_trip(tiny_processor, tmp_path):
     image = random_image()
     a, b = tiny_processor(images=image, text="the red circle"), loaded(images=image, text="the red circle")
     assert loaded.max_length == 20 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_processors_keep_their_backend_and_older_folders_load_with_pil(tokenizer, tmp_path):
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    from magnet_hf import MagNetProcessor
+
+    for backend in (MagNetImageProcessorPil, MagNetImageProcessor):
+        folder = tmp_path / backend.__name__
+        MagNetProcessor(backend(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
+        assert type(MagNetProcessor.from_pretrained(folder).image_processor) is backend
+        assert type(AutoProcessor.from_pretrained(folder).image_processor) is backend
+        # transformers' own rule for the image processor alone: the backend is chosen at load time.
+        assert type(AutoImageProcessor.from_pretrained(folder)) is MagNetImageProcessor
+        assert type(AutoImageProcessor.from_pretrained(folder, backend="pil")) is MagNetImageProcessorPil
+        loaded = MagNetProcessor.from_pretrained(folder, backend="pil")
+        assert type(loaded.image_processor) is MagNetImageProcessorPil and loaded.image_processor.size["height"] == 32
+    # A folder written before the torchvision backend existed records no backend (its class was the PIL-only one).
+    legacy = tmp_path / "legacy"
+    MagNetProcessor(MagNetImageProcessorPil(size={"height": 32, "width": 32}), tokenizer).save_pretrained(legacy)
+    config_file = legacy / "processor_config.json"
+    config = json.loads(config_file.read_text())
+    assert config.pop("image_processor_backend") == "pil"
+    assert config["image_processor"]["image_processor_type"] == "MagNetImageProcessor"  # transformers drops "Pil"
+    config_file.write_text(json.dumps(config))
+    assert type(MagNetProcessor.from_pretrained(legacy).image_processor) is MagNetImageProcessorPil
+    with pytest.raises(ValueError, match="backend must be one of"):
+        MagNetProcessor.from_pretrained(legacy, backend="cuda")

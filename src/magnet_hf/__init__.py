@@ -99,19 +99,14 @@ def _register_image_processor() -> None:
     from .configuration_magnet import MagNetConfig
     from .image_processing_magnet import MagNetImageProcessor, MagNetImageProcessorPil
 
-    # As transformers 5 names them: the torchvision backend is the default class, `...Pil` the PIL one (which a
-    # converted released checkpoint saves, see MagNetProcessor).
+    # As transformers 5 names them: the torchvision backend is the default class, `...Pil` the PIL one. Both save
+    # the same `image_processor_type`, and AutoImageProcessor picks the backend at load time (torchvision unless
+    # `backend="pil"`); MagNetProcessor records its image processor's backend and loads it again.
     image_processing_auto.AutoImageProcessor.register(
         MagNetConfig,
         image_processor_classes={"torchvision": MagNetImageProcessor, "pil": MagNetImageProcessorPil},
         exist_ok=True,
     )
-    # transformers picks the backend at load time (torchvision unless asked), whatever class saved the folder. A
-    # folder saved with the PIL class (a converted released checkpoint) keeps it: transformers defaults the
-    # processors in this list to PIL. A new list, so that transformers' own is left as it is.
-    default_to_pil = getattr(image_processing_auto, "DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS", None)
-    if isinstance(default_to_pil, list) and MagNetImageProcessorPil.__name__ not in default_to_pil:
-        image_processing_auto.DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS = [*default_to_pil, MagNetImageProcessorPil.__name__]
 
 
 def _register_processor() -> None:
