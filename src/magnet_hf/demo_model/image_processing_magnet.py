@@ -1,5 +1,6 @@
 # Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
-"""Image processor for MagNet: square bilinear resize and ImageNet normalisation, as the released evaluation did."""
+"""Image processors for MagNet (torchvision and PIL backends): square bilinear resize and ImageNet normalisation, as
+the released evaluation did."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, PILImageResampling
 
 # Above this many pixels PIL suspects a decompression bomb; MagNet never needs more, so refuse clearly instead.
 MAX_IMAGE_PIXELS = 20_000 * 20_000
@@ -33,18 +34,7 @@ def load_image_as_rgb(image, index: int = 0) -> Image.Image:
     channels; integer arrays are read as 8- or 16-bit intensities, floating arrays as values in [0, 1]).
     """
     if isinstance(image, (str, os.PathLike)):
-        try:
-            with warnings.catch_warnings():
-                # MAX_IMAGE_PIXELS below is the bound; PIL's own warning at 89 M pixels would only be noise.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                opened = Image.open(image)
-            with opened:
-                opened.load()  # the pixels are in memory from here on; leaving the block closes only the file
-                image = opened
-        except FileNotFoundError:
-            raise MagNetImageError(f"Image {index}: file {os.fspath(image)!r} does not exist.") from None
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-            raise MagNetImageError(f"Image {index}: {os.fspath(image)!r} is not a readable image ({error}).") from None
+        image = _open_image(image, index)
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image, index)
     if isinstance(image, torch.Tensor):
@@ -116,24 +106,26 @@ def _size_of(size) -> tuple[int, int]:
     return height, width
 
 
-def _normalisation(mean, std) -> tuple[np.ndarray, np.ndarray]:
+def _normalisation(mean, std, channels: int | None = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Checked mean and std: `channels` values each (any number, the same for both, when `None`)."""
     mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
-    if mean.shape != (3,) or std.shape != (3,):
+    if channels is not None and (mean.shape != (channels,) or std.shape != (channels,)):
         raise ValueError(f"image_mean and image_std need three values (RGB), got {mean.tolist()} and {std.tolist()}.")
+    if mean.ndim > 1 or std.ndim > 1 or (mean.ndim == std.ndim == 1 and mean.shape != std.shape):
+        raise ValueError(f"image_mean and image_std need one value per channel, got {mean.tolist()} and {std.tolist()}.")
     if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
         shown = [[float(f"{value:.6g}") for value in values] for values in (mean, std)]
         raise ValueError(f"image_mean must be finite and image_std finite and positive, got {shown[0]} and {shown[1]}.")
     return mean, std
 
 
-class MagNetImageProcessor(PilBackend):
+class _MagNetImageProcessingMixin:
     r"""
-    Resizes images to a square `size` (no aspect kept) with PIL's bilinear filter, scales to [0, 1] and normalises
-    with the ImageNet mean and standard deviation: exactly the released MagNet evaluation transform, which is why this
-    processor works on PIL images rather than on tensors.
+    What both backends share: MagNet's defaults (square bilinear resize to the config size, scale to [0, 1],
+    ImageNet mean and standard deviation), the image loading of [`load_image_as_rgb`] (any PIL mode, NumPy, torch,
+    file paths), `original_sizes` in the output, channel-order output control and the post-processing.
 
-    Accepts PIL images of any mode, NumPy arrays, torch tensors and file paths, one or a list. Returns
-    `pixel_values` `(batch, 3, height, width)` and `original_sizes` `(batch, 2)` (height, width), which
+    Returns `pixel_values` `(batch, 3, height, width)` and `original_sizes` `(batch, 2)` (height, width), which
     [`~MagNetImageProcessor.post_process_referring_segmentation`] uses to bring masks back to each image.
     """
 
@@ -144,8 +136,22 @@ class MagNetImageProcessor(PilBackend):
     size = {"height": 480, "width": 480}
     do_resize = True
     do_rescale = True
+    rescale_factor = 1 / 255
     do_normalize = True
     do_convert_rgb = True
+    return_tensors = "pt"  # MagNet's processors have always returned a batch tensor by default
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if self._auto_class is not None:
+            # Hub remote code: both backends, so that AutoImageProcessor picks one at load time as it does for local
+            # classes (`backend=`). Written whether or not this object was saved or loaded, so that the dict survives a
+            # round trip unchanged and is the same for both backends.
+            module = type(self).__module__.split(".")[-1]
+            output["auto_map"] = {
+                self._auto_class: {"torchvision": f"{module}.MagNetImageProcessor", "pil": f"{module}.MagNetImageProcessorPil"}
+            }
+        return output
 
     def check_settings(self) -> None:
         """Refuses settings (from a model folder's config) that cannot give sane pixels: a size above
@@ -157,38 +163,69 @@ class MagNetImageProcessor(PilBackend):
         _size_of(self.size)
         _normalisation(self.image_mean, self.image_std)
 
-    def preprocess(self, images, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
-        unknown = set(kwargs) - {"size", "image_mean", "image_std", "do_normalize", "do_resize"}
-        if unknown:
-            raise TypeError(f"MagNetImageProcessor got unexpected arguments {sorted(unknown)}.")
-        size = kwargs.get("size", self.size)
-        mean, std = _normalisation(kwargs.get("image_mean", self.image_mean), kwargs.get("image_std", self.image_std))
-        height, width = _size_of(size)
+    def _validate_preprocess_kwargs(
+        self, size=None, do_resize=None, image_mean=None, image_std=None, do_normalize=None, **kwargs
+    ):
+        super()._validate_preprocess_kwargs(
+            size=size, do_resize=do_resize, image_mean=image_mean, image_std=image_std, do_normalize=do_normalize, **kwargs
+        )
+        if do_resize:
+            _size_of(size)
+        if do_normalize:
+            # One value per channel of the images: three after RGB conversion, the image's own without it.
+            _normalisation(image_mean, image_std, channels=3 if kwargs.get("do_convert_rgb", True) else None)
+        data_format = kwargs.get("data_format")
+        if data_format is not None and ChannelDimension(data_format) not in (ChannelDimension.FIRST, ChannelDimension.LAST):
+            raise ValueError(f"data_format must be 'channels_first' or 'channels_last', got {data_format!r}.")
+
+    def _preprocess_image_like_inputs(self, images, *args, **kwargs) -> BatchFeature:
         if isinstance(images, (list, tuple)):
             if not images:
                 raise MagNetImageError("No images were given.")
             batch = list(images)
         else:
             batch = [images]
-        pixel_values, original_sizes = [], []
+        input_data_format = kwargs.pop("input_data_format", None)
+        do_convert_rgb = kwargs.pop("do_convert_rgb", True)
+        prepared, original_sizes = [], []
         for index, image in enumerate(batch):
-            rgb = load_image_as_rgb(image, index)
-            original_sizes.append((rgb.height, rgb.width))
-            if kwargs.get("do_resize", self.do_resize):
-                rgb = rgb.resize((width, height), resample=Image.Resampling.BILINEAR)
-            elif max(rgb.size) > MAX_MODEL_INPUT_SIZE:
+            if do_convert_rgb:
+                if input_data_format is not None and isinstance(image, (np.ndarray, torch.Tensor)):
+                    if ChannelDimension(input_data_format) == ChannelDimension.FIRST and image.ndim == 3:
+                        image = image.permute(1, 2, 0) if isinstance(image, torch.Tensor) else np.moveaxis(image, 0, -1)
+                # The released transform ran on PIL RGB images: every input goes through one first.
+                image = load_image_as_rgb(image, index)
+                array = self.process_image(image, do_convert_rgb=False, **kwargs)
+            else:
+                if isinstance(image, (str, os.PathLike)):
+                    image = _open_image(image, index)
+                if isinstance(image, Image.Image) and image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise MagNetImageError(f"Image {index} has {image.width}x{image.height} pixels, more than MagNet accepts.")
+                array = self.process_image(image, do_convert_rgb=False, input_data_format=input_data_format, **kwargs)
+            prepared.append(array)
+            original_sizes.append(tuple(int(v) for v in array.shape[-2:]))
+            if not kwargs.get("do_resize") and max(original_sizes[-1]) > MAX_MODEL_INPUT_SIZE:
+                height, width = original_sizes[-1]
                 raise MagNetImageError(
-                    f"Image {index} is {rgb.width}x{rgb.height}; with do_resize=False the model would run at that size "
+                    f"Image {index} is {width}x{height}; with do_resize=False the model would run at that size "
                     f"(at most {MAX_MODEL_INPUT_SIZE} accepted)."
                 )
-            # Divide (not multiply by 1/255) to round exactly like torchvision's ToTensor in the released pipeline.
-            array = np.asarray(rgb, dtype=np.float32) / np.float32(255)
-            if kwargs.get("do_normalize", self.do_normalize):
-                array = (array - mean) / std
-            pixel_values.append(array.transpose(2, 0, 1))
-        if len({value.shape for value in pixel_values}) > 1:
+        return_tensors = kwargs.get("return_tensors")
+        if return_tensors is not None and not kwargs.get("do_resize") and len(set(original_sizes)) > 1:
             raise MagNetImageError("Images of different sizes cannot be batched with do_resize=False.")
-        data = {"pixel_values": np.stack(pixel_values), "original_sizes": np.asarray(original_sizes, dtype=np.int64)}
+        outputs = self._preprocess(prepared, *args, **kwargs)
+        pixel_values = outputs["pixel_values"]
+        if kwargs.get("data_format") is not None and ChannelDimension(kwargs["data_format"]) == ChannelDimension.LAST:
+            if isinstance(pixel_values, torch.Tensor):
+                pixel_values = pixel_values.permute(0, 2, 3, 1)
+            elif isinstance(pixel_values, np.ndarray):
+                pixel_values = pixel_values.transpose(0, 2, 3, 1)
+            else:
+                pixel_values = [
+                    value.permute(1, 2, 0) if isinstance(value, torch.Tensor) else value.transpose(1, 2, 0)
+                    for value in pixel_values
+                ]
+        data = {"pixel_values": pixel_values, "original_sizes": np.asarray(original_sizes, dtype=np.int64)}
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def post_process_referring_segmentation(
@@ -230,6 +267,45 @@ class MagNetImageProcessor(PilBackend):
             mask, score = _threshold_upsampled(pred_masks[index].float(), query_weights[index, :, 0], height, width, threshold)
             results.append({"mask": mask, "score": score})
         return results
+
+
+class MagNetImageProcessor(_MagNetImageProcessingMixin, TorchvisionBackend):
+    r"""
+    MagNet's image processor on the torchvision backend (transformers' default): the square resize runs with
+    torchvision's antialiased bilinear filter on uint8 tensors, in batches and on any device (`device=`).
+
+    Its pixels differ slightly from the released evaluation transform, which resized PIL images with PIL's filter:
+    use [`MagNetImageProcessorPil`] to reproduce the released numbers exactly (converted checkpoints save it, so
+    their processors load with it). On the released MagNet-B the difference is stated in the README ("Image
+    processing backends").
+    """
+
+
+class MagNetImageProcessorPil(_MagNetImageProcessingMixin, PilBackend):
+    r"""
+    MagNet's image processor on the PIL backend: resize with PIL's bilinear filter, then divide by 255 and normalise
+    in float32, which is exactly the released evaluation transform (PIL resize, `ToTensor`, `Normalize`).
+    """
+
+    def rescale(self, image: np.ndarray, scale: float, **kwargs) -> np.ndarray:
+        # Dividing by 255 (not multiplying by 1/255) rounds like torchvision's ToTensor in the released pipeline.
+        return image.astype(np.float32) / np.float32(1.0 / scale)
+
+
+def _open_image(path, index: int) -> Image.Image:
+    """A file as a PIL image in its own mode, its pixels in memory and the file closed."""
+    try:
+        with warnings.catch_warnings():
+            # MAX_IMAGE_PIXELS is the bound (checked on the way to RGB); PIL's own warning at 89 M pixels is noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            opened.load()  # leaving the block closes only the file
+        return opened
+    except FileNotFoundError:
+        raise MagNetImageError(f"Image {index}: file {os.fspath(path)!r} does not exist.") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise MagNetImageError(f"Image {index}: {os.fspath(path)!r} is not a readable image ({error}).") from None
 
 
 #: Float32 values of the full-resolution probability map computed at once: 1M (4 MB), so that post-processing memory
@@ -289,4 +365,4 @@ def _threshold_upsampled(logits: torch.Tensor, weights: torch.Tensor, height: in
     return mask, (total / count if count else 0.0)
 
 
-__all__ = ["MagNetImageProcessor", "MagNetImageError", "load_image_as_rgb"]
+__all__ = ["MagNetImageProcessor", "MagNetImageProcessorPil", "MagNetImageError", "load_image_as_rgb"]

@@ -138,6 +138,15 @@ def pixel_text_alignment_loss(
         return per_sample[valid].mean()
 
 
+# Seed of the pixel-to-pixel sampling outside training, so that an eval-mode loss depends on the inputs only.
+EVALUATION_SAMPLING_SEED = 0
+
+
+def evaluation_generator(device: torch.device | str) -> torch.Generator:
+    """A fresh generator on `device` seeded with `EVALUATION_SAMPLING_SEED` (the same draws for every call)."""
+    return torch.Generator(device=device).manual_seed(EVALUATION_SAMPLING_SEED)
+
+
 def _sample_indices(candidates: torch.Tensor, count: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to `count` random positions per row among the True entries of `candidates` `(batch, pixels)`: returns the
     indices `(batch, count)` and whether each slot holds a real candidate `(batch, count)`."""

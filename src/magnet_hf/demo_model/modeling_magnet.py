@@ -9,6 +9,7 @@ the official numbers; see `DESIGN.md` section 2 of the project for the list.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ from torch import nn
 from transformers import BertConfig, BertModel, Mask2FormerConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertEncoder, BertLMPredictionHead
 from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerMaskedAttentionDecoderLayer,
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
     Mask2FormerSinePositionEmbedding,
     Mask2FormerTransformerModule,
@@ -71,6 +74,19 @@ class MagNetModelOutput(ModelOutput):
         fused_features (`tuple[torch.FloatTensor]`, *optional*):
             The four fused maps handed to the pixel decoder (strides 4, 8, 16, 32; widths C, 2C, 4C, 8C); returned
             with `output_hidden_states=True`.
+        hidden_states (`tuple[torch.FloatTensor]`, *optional*):
+            The language stream in BERT's layout, returned with `output_hidden_states=True`: the embedding output,
+            then the output of every BERT layer, `num_hidden_layers + 1` tensors of shape
+            `(batch_size, sequence_length, text_hidden_size)`. Each is the layer's own output, before the language
+            fusion that follows it at a stage end (the fused stream is what the next layer reads; after the last
+            stage it is `text_features`).
+        image_hidden_states (`tuple[torch.FloatTensor]`, *optional*):
+            The image stream, returned with `output_hidden_states=True`: the patch embedding, then every Swin
+            stage's output before its fusion, 5 tensors of shape `(batch_size, C_k, height_k, width_k)` (channels
+            first, as Swin's `reshaped_hidden_states`; strides 4, 4, 8, 16, 32).
+        attentions (`tuple[torch.FloatTensor]`, *optional*):
+            BERT's self-attention maps, one per layer, `(batch_size, num_heads, sequence_length, sequence_length)`;
+            returned with `output_attentions=True` under eager attention.
     """
 
     pred_masks: torch.FloatTensor | None = None
@@ -79,6 +95,9 @@ class MagNetModelOutput(ModelOutput):
     mask_features: torch.FloatTensor | None = None
     text_features: torch.FloatTensor | None = None
     fused_features: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -106,6 +125,17 @@ class MagNetReferringSegmentationOutput(MagNetModelOutput):
 INFERENCE_GROUP_ELEMENTS = 2**22
 
 
+def _select_layers(states: list[torch.Tensor] | None, selection) -> tuple[torch.Tensor | None, ...] | None:
+    """`output_hidden_states` as transformers reads it: `True` keeps every state, a list of indices (negative ones
+    counting from the end) keeps those and leaves `None` in the other places."""
+    if not selection:
+        return None
+    if selection is True:
+        return tuple(states)
+    kept = {index % len(states) for index in selection}
+    return tuple(state if index in kept else None for index, state in enumerate(states))
+
+
 def _inference_groups(module: nn.Module, batch: torch.Tensor, elements_per_image: int) -> list[slice]:
     """The slices of `batch` (batch first) that an inference forward of `module` runs one after the other (one slice:
     the whole batch)."""
@@ -125,7 +155,7 @@ def _inference_groups(module: nn.Module, batch: torch.Tensor, elements_per_image
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class MagNetSwinBlock(SwinTransformerBlock):
+class MagNetSwinBlock(GradientCheckpointingLayer, SwinTransformerBlock):
     """
     timm's Swin block (same modules and weight names) run the way the released MagNet ran it: the normalised map is
     zero-padded to whole windows *before* the cyclic shift, the shift mask is built on the padded grid, and a map
@@ -135,13 +165,19 @@ class MagNetSwinBlock(SwinTransformerBlock):
     Padding, shift and window partition are one row gather with an index built once per map size, and the way back is
     one more; at inference the residuals are added in place and the MLP runs a few thousand tokens at a time. The block
     then writes each large tensor once instead of through roll, pad, permute and activation copies.
+
+    A transformers `GradientCheckpointingLayer`: `gradient_checkpointing_enable()` checkpoints every block with the
+    settings it is given (`use_reentrant` included), as it does BERT's layers.
     """
 
     # Elements of the MLP's (tokens, 4 * dim) hidden activation per chunk at inference: the block's largest tensor.
     MLP_CHUNK_ELEMENTS = 2**21
 
-    def __init__(self, **kwargs):
+    def __init__(self, config: MagNetConfig | None = None, **kwargs):
         super().__init__(always_partition=True, dynamic_mask=True, **kwargs)
+        # Read at every forward: `attn_implementation="eager"` computes the window attention as explicit matrix
+        # products and softmax, anything else runs torch's scaled_dot_product_attention (same numbers up to rounding).
+        self.config = config
         self._shift_masks: dict[tuple, torch.Tensor] = {}
         self._window_indices: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
@@ -229,12 +265,18 @@ class MagNetSwinBlock(SwinTransformerBlock):
         mask = self._shift_mask(hidden_states, *self._padded_size(height, width))
         bias = self._attention_bias(mask).to(windows.dtype)
         dropout = attention.attn_drop.p if self.training else 0.0
+        eager = self._uses_eager_attention()
         # One image at a time: the shift mask varies over windows and the bias over heads, and neither broadcasts
         # over a (batch x windows) axis that is not contiguous in memory.
         attended = []
         for image in windows.unbind(0):
             query, key, value = (t.transpose(1, 2) for t in image.unbind(2))  # each (windows, heads, area, head_dim)
-            output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
+            if eager:
+                weights = torch.matmul(query * head_dim**-0.5, key.transpose(-2, -1)) + bias
+                weights = F.dropout(weights.softmax(dim=-1), p=dropout, training=self.training)
+                output = torch.matmul(weights, value)
+            else:
+                output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
             attended.append(output.transpose(1, 2).reshape(num_window_tokens, channels))
         del windows, image, query, key, value
         if torch.is_grad_enabled():
@@ -246,9 +288,13 @@ class MagNetSwinBlock(SwinTransformerBlock):
         del attended
         return attention.proj_drop(attention.proj(tokens)).view(batch_size, height, width, channels)
 
+    def _uses_eager_attention(self) -> bool:
+        return getattr(self.config, "_attn_implementation", None) == "eager"
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # (batch, height, width, channels) -> same shape.
         if self.training or torch.is_grad_enabled():
+            self.attn.fused_attn = not self._uses_eager_attention()  # timm's own switch for the same choice
             return super().forward(hidden_states)
         _, height, width, channels = hidden_states.shape
         # A 120x120 map's qkv alone is 22 MB per image: see INFERENCE_GROUP_ELEMENTS.
@@ -284,6 +330,7 @@ class MagNetSwinStage(nn.Module):
         self.blocks = nn.Sequential(
             *[
                 MagNetSwinBlock(
+                    config=config,
                     dim=dim,
                     input_resolution=(resolution, resolution),
                     num_heads=config.num_heads[stage_index],
@@ -295,16 +342,12 @@ class MagNetSwinStage(nn.Module):
                 for block_index in range(config.depths[stage_index])
             ]
         )
-        self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # (batch, height, width, channels_in) -> (batch, height', width', channels)
         hidden_states = self.downsample(hidden_states)
         for block in self.blocks:
-            if self.gradient_checkpointing and self.training:
-                hidden_states = torch.utils.checkpoint.checkpoint(block, hidden_states, use_reentrant=False)
-            else:
-                hidden_states = block(hidden_states)
+            hidden_states = block(hidden_states)  # checkpointed by the block itself when enabled
         return hidden_states
 
 
@@ -342,11 +385,11 @@ class MagNetImageEncoder(nn.Module):
 class MagNetResidualGate(nn.Module):
     """`x + tanh(W2 act(W1 r)) * r`: how much of a fusion residual `r` enters a stream. Zero-initialised."""
 
-    def __init__(self, dim: int, activation: type[nn.Module]):
+    def __init__(self, dim: int, activation: type[nn.Module], dtype: torch.dtype | None = None):
         super().__init__()
-        self.in_proj = nn.Linear(dim, dim, bias=False)
+        self.in_proj = nn.Linear(dim, dim, bias=False, dtype=dtype)
         self.activation = activation()
-        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False, dtype=dtype)
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         gate = torch.tanh(self.out_proj(self.activation(self.in_proj(residual))))
@@ -494,12 +537,15 @@ class MagNetWordPixelAttention(nn.Module):
     def __init__(self, text_dim: int, visual_dim: int, dropout: float = 0.0, released_masking: bool = True):
         super().__init__()
         self.released_masking = released_masking
-        self.visual_projection = nn.Linear(text_dim, text_dim)
-        self.query_projection = nn.Linear(text_dim, text_dim)
-        self.key_projection = nn.Linear(visual_dim, text_dim)
-        self.value_projection = nn.Linear(visual_dim, text_dim)
-        self.output_projection = nn.Linear(text_dim, text_dim)
-        self.fusion_projection = nn.Linear(text_dim, text_dim)
+        # Created in fp32 whatever the default dtype (`_from_config(config, dtype=torch.bfloat16)`): see the class
+        # docstring; `_keep_in_fp32_modules_strict` keeps it there when loading.
+        fp32 = torch.float32
+        self.visual_projection = nn.Linear(text_dim, text_dim, dtype=fp32)
+        self.query_projection = nn.Linear(text_dim, text_dim, dtype=fp32)
+        self.key_projection = nn.Linear(visual_dim, text_dim, dtype=fp32)
+        self.value_projection = nn.Linear(visual_dim, text_dim, dtype=fp32)
+        self.output_projection = nn.Linear(text_dim, text_dim, dtype=fp32)
+        self.fusion_projection = nn.Linear(text_dim, text_dim, dtype=fp32)
         self.dropout = nn.Dropout(dropout)
         self.scale = text_dim**-0.5
 
@@ -540,7 +586,7 @@ class MagNetLanguageFusion(nn.Module):
     def __init__(self, text_dim: int, visual_dim: int, dropout: float, released_masking: bool):
         super().__init__()
         self.word_pixel_attention = MagNetWordPixelAttention(text_dim, visual_dim, dropout, released_masking)
-        self.gate = MagNetResidualGate(text_dim, nn.ReLU)
+        self.gate = MagNetResidualGate(text_dim, nn.ReLU, dtype=torch.float32)
 
     def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
         weights_dtype = self.gate.in_proj.weight.dtype
@@ -690,7 +736,18 @@ class MagNetPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["MagNetSwinBlock", "BertLayer", "MagNetPixelDecoderLayer"]
+    # BERT runs either; Swin's window attention follows the choice too (MagNetSwinBlock). The deformable pixel
+    # decoder and Mask2Former's decoder have a single implementation.
+    _supports_sdpa = True
+    # Units that hold a residual inside (so must stay on one device) and that FSDP wraps one by one.
+    _no_split_modules = [
+        "MagNetSwinBlock",
+        "BertLayer",
+        "MagNetImageFusion",
+        "MagNetLanguageFusion",
+        "MagNetPixelDecoderLayer",
+        "Mask2FormerMaskedAttentionDecoderLayer",
+    ]
     # Loading with `dtype=torch.bfloat16` (or float16) keeps the language fusion in fp32: its released masking scales
     # queries by -1e4, and the products overflow half precision.
     _keep_in_fp32_modules_strict = ["language_fusions"]
@@ -743,6 +800,28 @@ class MagNetPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, std=1.0)
         if isinstance(module, MagNetSwinBlock):
             module._shift_masks.clear()
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
+        """As in transformers: Swin blocks, BERT layers and the masked-attention decoder layers are checkpointed
+        with the settings given, except that the decoder layers always use non-reentrant checkpointing. Mask2Former's
+        decoder hands them the per-level position embeddings (which need gradients) inside a list, which reentrant
+        checkpointing cannot track: the backward would run through those embeddings twice and fail."""
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        for module in self.modules():
+            if isinstance(module, Mask2FormerMaskedAttentionDecoderLayer):
+                module._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+
+    def _wants_attentions(self, output_attentions: bool | None) -> bool:
+        """`output_attentions` returns BERT's self-attention maps, which only eager attention computes (as in BERT
+        itself); under another implementation none are returned and a warning says why."""
+        wanted = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
+        if wanted and self.config.text_config._attn_implementation != "eager":
+            logger.warning_once(
+                "output_attentions=True returns BERT's attention maps, which only eager attention computes: none are "
+                "returned. Load or build the model with attn_implementation='eager' to get them."
+            )
+            return False
+        return wanted
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
         """
@@ -858,6 +937,13 @@ class MagNetModel(MagNetPreTrainedModel):
         if min(pixel_values.shape[-2:]) < minimum:
             raise ValueError(f"Images must be at least {minimum}x{minimum} pixels, got {tuple(pixel_values.shape[-2:])}.")
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """BERT's word embeddings (`resize_token_embeddings` resizes them)."""
+        return self.text_encoder.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_encoder.embeddings.word_embeddings = value
+
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -866,6 +952,7 @@ class MagNetModel(MagNetPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_text_features: bool = False,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> MagNetModelOutput | tuple:
         r"""
@@ -878,9 +965,13 @@ class MagNetModel(MagNetPreTrainedModel):
             attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 1 on real tokens, 0 on padding. Defaults to all ones.
             output_hidden_states (`bool`, *optional*):
-                Also return `fused_features` and `text_features`.
+                Also return `hidden_states` (language stream), `image_hidden_states` (image stream),
+                `fused_features` and `text_features`; see [`MagNetModelOutput`].
             output_text_features (`bool`, *optional*, defaults to `False`):
                 Run the last language fusion and return `text_features` (training losses need it).
+            output_attentions (`bool`, *optional*):
+                Also return `attentions`, BERT's self-attention maps (needs `attn_implementation="eager"`, as in BERT;
+                otherwise a warning and no maps). Swin, fusion and decoder attentions are not returned.
 
         Returns: [`MagNetModelOutput`], or a tuple of its non-`None` fields when `return_dict=False`.
         """
@@ -888,11 +979,19 @@ class MagNetModel(MagNetPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_attentions = self._wants_attentions(output_attentions)
         self._check_inputs(pixel_values, input_ids, attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        want_text = output_hidden_states or output_text_features
-        fused_features, words = self.encode(pixel_values, input_ids, attention_mask, run_last_language_fusion=want_text)
+        want_text = bool(output_hidden_states) or output_text_features
+        fused_features, words, text_hidden_states, image_hidden_states, attentions = self._encode(
+            pixel_values,
+            input_ids,
+            attention_mask,
+            run_last_language_fusion=want_text,
+            output_hidden_states=bool(output_hidden_states),
+            output_attentions=output_attentions,
+        )
         mask_features, mask_predictions, query_states = self._decode(fused_features)
         class_predictions = [self.class_predictor(hidden) for hidden in query_states]
         auxiliary = tuple(
@@ -906,6 +1005,9 @@ class MagNetModel(MagNetPreTrainedModel):
             mask_features=mask_features,
             text_features=words if want_text else None,
             fused_features=tuple(fused_features) if output_hidden_states else None,
+            hidden_states=_select_layers(text_hidden_states, output_hidden_states),
+            image_hidden_states=tuple(image_hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -930,12 +1032,60 @@ class MagNetModel(MagNetPreTrainedModel):
         Returns: the four fused maps `(batch, C_k, H_k, W_k)` at strides 4, 8, 16, 32, and the language stream
         `(batch, words, text_hidden)` after its last fusion (before it when `run_last_language_fusion` is off).
         """
+        fused_features, words, _, _, _ = self._encode(
+            pixel_values, input_ids, attention_mask, run_last_language_fusion=run_last_language_fusion
+        )
+        return fused_features, words
+
+    def _encode(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        run_last_language_fusion: bool = False,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        """[`~MagNetModel.encode`], plus the per-layer language states, the per-stage image states and BERT's
+        attention maps (lists, or `None` when not asked for) of [`MagNetModelOutput`]."""
         words = self.text_encoder.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
         text_attention_mask = create_bidirectional_mask(
             config=self.text_encoder.config, inputs_embeds=words, attention_mask=attention_mask
         )
         visual = self.image_encoder.patch_embed(pixel_values)  # (batch, H/4, W/4, C)
+        text_hidden_states = [words] if output_hidden_states else None
+        image_hidden_states = [visual.permute(0, 3, 1, 2)] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        # BERT's layers run one by one here, not through BertEncoder, so their attention maps are caught on the way.
+        hooks = (
+            [
+                layer.attention.self.register_forward_hook(lambda _, __, output: attentions.append(output[1]))
+                for layer in self.text_encoder.encoder.layer
+            ]
+            if output_attentions
+            else []
+        )
+        try:
+            fused_features, words = self._run_stages(
+                visual, words, text_attention_mask, attention_mask, run_last_language_fusion, text_hidden_states, image_hidden_states
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return fused_features, words, text_hidden_states, image_hidden_states, attentions
 
+    def _run_stages(
+        self,
+        visual: torch.Tensor,
+        words: torch.Tensor,
+        text_attention_mask: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        run_last_language_fusion: bool,
+        text_hidden_states: list[torch.Tensor] | None,
+        image_hidden_states: list[torch.Tensor] | None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The four stages of [`~MagNetModel.encode`] from the patch and word embeddings; appends each layer's
+        language output and each stage's image output to the lists given."""
         fused_features = []
         layer_start = 0
         num_stages = len(self.image_encoder.layers)
@@ -943,6 +1093,10 @@ class MagNetModel(MagNetPreTrainedModel):
             visual = self.image_encoder.layers[stage](visual)
             for layer in self.text_encoder.encoder.layer[layer_start:layer_end]:
                 words = layer(words, attention_mask=text_attention_mask)
+                if text_hidden_states is not None:
+                    text_hidden_states.append(words)
+            if image_hidden_states is not None:
+                image_hidden_states.append(visual.permute(0, 3, 1, 2))
             layer_start = layer_end
             # Both sides read each other's pre-fusion outputs.
             gated_visual, fused = self.image_fusions[stage](visual, words, attention_mask)
@@ -1100,6 +1254,10 @@ class MagNetMaskedTokenPredictor(nn.Module):
         # BERT's MLM head works at the width of the word embeddings it is tied to.
         self.output_projection = nn.Linear(config.mask_grounding_hidden_size, text_config.hidden_size)
         self.head = BertLMPredictionHead(text_config)
+        # One bias parameter, the head's own (`head.bias`, the checkpoint name). BERT's decoder holds the same tensor
+        # a second time through a tie, which FSDP would see in two units (the decoder is sharded with the word
+        # embeddings it shares its weight with); here the decoder has no bias and the head's is added after it.
+        self.head.decoder.bias = None
 
     def forward(
         self, tokens: torch.Tensor, token_mask: torch.Tensor, predict_positions: torch.Tensor
@@ -1107,7 +1265,7 @@ class MagNetMaskedTokenPredictor(nn.Module):
         attention_mask = create_bidirectional_mask(config=self.config, inputs_embeds=tokens, attention_mask=token_mask)
         hidden_states = self.encoder(tokens, attention_mask=attention_mask).last_hidden_state  # (batch, tokens, hidden)
         words = hidden_states[:, : predict_positions.shape[1]][predict_positions]  # (num_positions, hidden)
-        return self.head(self.output_projection(words))  # (num_positions, vocab_size)
+        return self.head(self.output_projection(words)) + self.head.bias  # (num_positions, vocab_size)
 
 
 class MagNetMaskGroundingHead(nn.Module):
@@ -1184,7 +1342,6 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
     # The Masked Token Predictor's vocabulary projection is BERT's word embedding matrix, as in BertForMaskedLM.
     _mask_grounding_tied_weights_keys = {
         "mask_grounding.token_predictor.head.decoder.weight": "model.text_encoder.embeddings.word_embeddings.weight",
-        "mask_grounding.token_predictor.head.decoder.bias": "mask_grounding.token_predictor.head.bias",
     }
 
     def __init__(self, config: MagNetConfig):
@@ -1194,6 +1351,43 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         self.mask_grounding = MagNetMaskGroundingHead(config) if config.use_mask_grounding else None
         self._tied_weights_keys = dict(self._mask_grounding_tied_weights_keys) if config.use_mask_grounding else {}
         self.post_init()
+
+    def post_init(self):
+        super().post_init()
+        if self._tied_weights_keys:
+            # transformers collects BERT's `BertEmbeddings` as a unit of its own. Here the word embeddings are also the
+            # Mask Grounding head's vocabulary projection, and a tied pair must stay in one unit: FSDP sharding one
+            # side alone unties them (accelerate's FSDP2 preparation shards tied input and output embeddings
+            # together).
+            self._no_split_modules.discard("BertEmbeddings")
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """BERT's word embeddings (`resize_token_embeddings` resizes them)."""
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The Masked Token Predictor's vocabulary projection, tied to the word embeddings (as `BertForMaskedLM`'s
+        decoder): `resize_token_embeddings` resizes it, and its per-token bias with it. `None` without the Mask
+        Grounding head."""
+        if self.mask_grounding is None:
+            return None
+        return self.mask_grounding.token_predictor.head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        """Installs a resized vocabulary projection; the head's per-token bias (kept outside the projection, see
+        [`MagNetMaskedTokenPredictor`]) follows its size: kept entries keep their values, new tokens start at 0."""
+        head = self.mask_grounding.token_predictor.head
+        head.decoder = new_embeddings
+        vocab_size = new_embeddings.out_features
+        if head.bias.shape[0] != vocab_size:
+            bias = head.bias.new_zeros(vocab_size)
+            kept = min(vocab_size, head.bias.shape[0])
+            with torch.no_grad():
+                bias[:kept] = head.bias[:kept]
+            head.bias = nn.Parameter(bias, requires_grad=head.bias.requires_grad)
 
     def _check_training_inputs(
         self,
@@ -1230,12 +1424,13 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         mlm_labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> MagNetReferringSegmentationOutput | tuple:
         r"""
         Args:
-            pixel_values, input_ids, attention_mask, output_hidden_states: as in [`MagNetModel.forward`]. The
-                segmentation forward always reads the unmasked `input_ids`.
+            pixel_values, input_ids, attention_mask, output_hidden_states, output_attentions: as in
+                [`MagNetModel.forward`]. The segmentation forward always reads the unmasked `input_ids`.
             labels (`torch.FloatTensor` of shape `(batch_size, height, width)`, *optional*):
                 0/1 ground-truth masks at any resolution; they are compared with the mask logits at stride 4. They
                 switch the losses on: segmentation, plus the alignment loss with `config.use_alignment_loss`.
@@ -1254,6 +1449,7 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        self._wants_attentions(output_attentions)
         self._check_training_inputs(input_ids, labels, masked_input_ids, mlm_labels)
         run_grounding = self.mask_grounding is not None and masked_input_ids is not None and labels is not None
         shared = run_grounding and self.config.mask_grounding_mode == "shared"
@@ -1266,6 +1462,7 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
             attention_mask,
             output_hidden_states=output_hidden_states or shared,  # the shared pass gives Mask Grounding its tokens
             output_text_features=run_alignment or shared,
+            output_attentions=output_attentions,
             return_dict=True,
         )
         loss = loss_dict = None
@@ -1292,7 +1489,8 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
                 loss_dict["loss_pixel_pixel"] = pixel_pixel.detach()
         fields = dict(outputs)
         if not output_hidden_states:
-            fields.pop("fused_features", None)
+            for name in ("fused_features", "hidden_states", "image_hidden_states"):
+                fields.pop(name, None)
         output = MagNetReferringSegmentationOutput(loss=loss, loss_dict=loss_dict, **fields)
         return output if return_dict else output.to_tuple()
 
@@ -1345,7 +1543,12 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
         the mean of the fused language features over the real tokens ([CLS] and [SEP] included): the network has no
         trained pooler, and the mean is what the fusion modules themselves see of every word.
         """
-        from .losses_magnet import alignment_targets, pixel_pixel_alignment_loss, pixel_text_alignment_loss
+        from .losses_magnet import (
+            alignment_targets,
+            evaluation_generator,
+            pixel_pixel_alignment_loss,
+            pixel_text_alignment_loss,
+        )
 
         word_weights = attention_mask.to(outputs.text_features.dtype)[..., None]  # (batch, words, 1)
         sentence = (outputs.text_features * word_weights).sum(1) / word_weights.sum(1).clamp(min=1.0)
@@ -1356,7 +1559,13 @@ class MagNetForReferringSegmentation(MagNetPreTrainedModel):
             mask_features, text_embeddings, targets, self.config.pixel_text_temperature
         )
         pixel_pixel = pixel_pixel_alignment_loss(
-            mask_features, targets, self.config.pixel_pixel_temperature, self.config.alignment_max_pixels
+            mask_features,
+            targets,
+            self.config.pixel_pixel_temperature,
+            self.config.alignment_max_pixels,
+            # Training samples from the global stream (which checkpoints restore); evaluation always draws the same
+            # pixels, so an eval-mode loss is a function of the inputs alone.
+            generator=None if self.training else evaluation_generator(mask_features.device),
         )
         return pixel_text, pixel_pixel
 
