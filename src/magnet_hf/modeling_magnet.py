@@ -739,6 +739,15 @@ class MagNetPreTrainedModel(PreTrainedModel):
     # BERT runs either; Swin's window attention follows the choice too (MagNetSwinBlock). The deformable pixel
     # decoder and Mask2Former's decoder have a single implementation.
     _supports_sdpa = True
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # transformers' heuristic looks for AttentionInterface use in the module source and finds MagNet's fusion
+        # attention (one implementation). Every module that has a choice reads it from its config at each forward (BERT
+        # from the text config, the Swin blocks and the Mask Grounding layers from MagNet's), so
+        # `set_attn_implementation` takes effect at once.
+        return True
+
     # Units that hold a residual inside (so must stay on one device) and that FSDP wraps one by one.
     _no_split_modules = [
         "MagNetSwinBlock",
@@ -1249,6 +1258,7 @@ class MagNetMaskedTokenPredictor(nn.Module):
             attention_probs_dropout_prob=text_config.attention_probs_dropout_prob,
             layer_norm_eps=text_config.layer_norm_eps,
         )
+        self.text_config = text_config  # its attention implementation is followed at every forward
         self.config._attn_implementation = text_config._attn_implementation
         self.encoder = BertEncoder(self.config)
         # BERT's MLM head works at the width of the word embeddings it is tied to.
@@ -1262,6 +1272,8 @@ class MagNetMaskedTokenPredictor(nn.Module):
     def forward(
         self, tokens: torch.Tensor, token_mask: torch.Tensor, predict_positions: torch.Tensor
     ) -> torch.Tensor:
+        # The text encoder's choice, also after `set_attn_implementation` (this BertConfig is no sub-config).
+        self.config._attn_implementation = self.text_config._attn_implementation
         attention_mask = create_bidirectional_mask(config=self.config, inputs_embeds=tokens, attention_mask=token_mask)
         hidden_states = self.encoder(tokens, attention_mask=attention_mask).last_hidden_state  # (batch, tokens, hidden)
         words = hidden_states[:, : predict_positions.shape[1]][predict_positions]  # (num_positions, hidden)
