@@ -19,6 +19,7 @@ try:
     modeling_common = load("test_modeling_common")
     configuration_common = load("test_configuration_common")
     image_processing_common = load("test_image_processing_common")
+    processing_common = load("test_processing_common")
 except SuiteUnavailable as error:
     pytest.skip(str(error), allow_module_level=True)
 
@@ -28,6 +29,8 @@ from magnet_hf import (  # noqa: E402
     MagNetImageProcessor,
     MagNetImageProcessorPil,
     MagNetModel,
+    MagNetProcessor,
+    demo_model_path,
 )
 
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES  # noqa: E402
@@ -36,6 +39,7 @@ ModelTesterMixin = modeling_common.ModelTesterMixin
 ConfigTester = configuration_common.ConfigTester
 ImageProcessingTestMixin = image_processing_common.ImageProcessingTestMixin
 ImageProcessingTester = image_processing_common.ImageProcessingTester
+ProcessorTesterMixin = processing_common.ProcessorTesterMixin
 floats_tensor, ids_tensor = modeling_common.floats_tensor, modeling_common.ids_tensor
 
 
@@ -111,9 +115,13 @@ class MagNetModelTester:
 
 class MagNetModelTest(ModelTesterMixin, unittest.TestCase):
     all_model_classes = (MagNetModel, MagNetForReferringSegmentation)
-    # MagNet returns BERT's attention maps (eager only; test_model_contracts.py). The mixin's attention tests were
-    # not yet run green here on a loaded machine, so they stay off (see the closing note of issue 14).
-    has_attentions = False
+    # `attentions` are BERT's self-attention maps (the text encoder's layers, one per `num_hidden_layers`), returned
+    # under eager attention as in BERT; Swin, fusion and decoder attentions are not returned (README, "Conformance").
+    has_attentions = True
+    # Inputs besides `pixel_values` that the mixin's eager-vs-SDPA test must pass (its hook for two-input models).
+    additional_model_inputs = ["input_ids"]
+    # A composite model: MagNetConfig holds BERT's config as its `text_config` sub-config.
+    _is_composite = True
 
     @classmethod
     def setUpClass(cls):
@@ -171,3 +179,19 @@ class MagNetImageProcessingTester(ImageProcessingTester):
 
 class MagNetImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
     image_processor_tester_class = MagNetImageProcessingTester
+
+
+class MagNetProcessorTest(ProcessorTesterMixin, unittest.TestCase):
+    processor_class = MagNetProcessor
+
+    @classmethod
+    def _setup_tokenizer(cls):
+        from transformers import AutoTokenizer
+
+        # A small BERT WordPiece tokenizer (the demo model's), offline; MagNet's language stream is always BERT.
+        return AutoTokenizer.from_pretrained(demo_model_path())
+
+    @classmethod
+    def _setup_image_processor(cls):
+        # The default backend, which AutoImageProcessor reloads (the PIL one is ImageProcessingTestMixin's too).
+        return MagNetImageProcessor(size={"height": 48, "width": 48})
