@@ -194,16 +194,23 @@ def save_checkpoint(
     return final
 
 
-def save_pretrained_atomic(model: Any, processor: Any, target: str | os.PathLike, extra_json: dict[str, Any] | None = None) -> Path:
+def save_pretrained_atomic(
+    model: Any,
+    processor: Any,
+    target: str | os.PathLike,
+    extra_json: dict[str, Any] | None = None,
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
     """`save_pretrained` of model and processor into a temporary sibling of `target`, then swapped in.
 
-    `extra_json` maps file names to JSON-able objects written beside the weights (e.g. `eval_results.json`).
+    `extra_json` maps file names to JSON-able objects written beside the weights (e.g. `eval_results.json`);
+    `state_dict` replaces the model's own (the gathered weights of a sharded model, `state.full_model_state`).
     A previous `target` is replaced only once the new folder is complete.
     """
     target = Path(target)
     temporary = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        model.save_pretrained(str(temporary), safe_serialization=True)
+        model.save_pretrained(str(temporary), safe_serialization=True, state_dict=state_dict)
         processor.save_pretrained(str(temporary))
         for name, data in (extra_json or {}).items():
             write_json_atomic(data, temporary / name)
@@ -221,7 +228,13 @@ def save_pretrained_atomic(model: Any, processor: Any, target: str | os.PathLike
     return target
 
 
-def save_final_model(model: Any, processor: Any, output_dir: str | os.PathLike, extra_json: dict[str, Any]) -> Path:
+def save_final_model(
+    model: Any,
+    processor: Any,
+    output_dir: str | os.PathLike,
+    extra_json: dict[str, Any],
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
     """`save_pretrained` of model and processor directly into `output_dir` (which also holds `checkpoints/`).
 
     Everything is written to a temporary folder first and then moved file by file with atomic renames,
@@ -230,7 +243,7 @@ def save_final_model(model: Any, processor: Any, output_dir: str | os.PathLike, 
     output_dir = Path(output_dir)
     staging = output_dir / f".final.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        save_pretrained_atomic(model, processor, staging, extra_json)
+        save_pretrained_atomic(model, processor, staging, extra_json, state_dict)
         names = sorted(path.name for path in staging.iterdir())
         for name in [n for n in names if n != "config.json"] + [n for n in names if n == "config.json"]:
             destination = output_dir / name

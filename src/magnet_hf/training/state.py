@@ -13,6 +13,10 @@ Files of a checkpoint folder (beside the processor, `config.json` and `trainer_s
     scheduler.json                        the lr scheduler's `state_dict()`
     scaler.json                           the fp16 gradient scaler's `state_dict()` (fp16 runs only)
     rng_state_<rank>.safetensors/.json    torch (CPU and CUDA), NumPy and Python RNG states of process <rank>
+
+Under FSDP (parameters sharded as DTensors) the same files hold the full, unsharded model and optimizer state,
+gathered with torch's `torch.distributed.checkpoint.state_dict` (every process takes part) and scattered back on
+resume: a checkpoint does not depend on how the run that wrote it was sharded.
 """
 
 from __future__ import annotations
@@ -71,8 +75,105 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise TrainingError(f"{path} is not a readable safetensors file ({error}).") from None
 
 
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state_dict = optimizer.state_dict()
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model`'s parameters are sharded DTensors (FSDP2's `fully_shard`)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
+def _full_state_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Every process gets the full tensors, so that every process can check them (see save_training_state).
+    return StateDictOptions(full_state_dict=True, cpu_offload=False)
+
+
+def _aliases(model: torch.nn.Module) -> dict[str, str]:
+    """State-dict names that are another name's tensor (tied weights) -> that first name."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in first:
+            aliases[name] = first[id(tensor)]
+        else:
+            first[id(tensor)] = name
+    return aliases
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A sharded model's parameters and buffers, gathered (every process must call it), each tied tensor once (as
+    safetensors stores it)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(model, options=_full_state_options())
+    aliases = _aliases(model)
+    return {name: tensor.detach() for name, tensor in state.items() if name not in aliases}
+
+
+def _parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each of the optimizer's parameters, in its state-dict order (group by group)."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    return [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
+
+
+def _optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`optimizer.state_dict()`, unsharded under FSDP (gathered: every process must call it) and then indexed the way
+    a plain optimizer indexes it, so that sharded and plain runs write the same files."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    full = get_optimizer_state_dict(model, optimizer, options=_full_state_options())
+    index = {name: position for position, name in enumerate(name for group in full["param_groups"] for name in group["params"])}
+    return {
+        "state": {index[name]: values for name, values in full["state"].items()},
+        "param_groups": [{**group, "params": [index[name] for name in group["params"]]} for group in full["param_groups"]],
+    }
+
+
+def _load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    """The inverse of `_optimizer_state`: scatters a full state onto a sharded optimizer."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state_dict)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    names = _parameter_names(model, optimizer)
+    if len(names) != sum(len(group["params"]) for group in state_dict["param_groups"]):
+        raise ValueError("the saved optimizer has another number of parameters")
+    full = {
+        "state": {names[index]: values for index, values in state_dict["state"].items()},
+        "param_groups": [{**group, "params": [names[index] for index in group["params"]]} for group in state_dict["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=full, options=_full_state_options())
+
+
+def _load_model_state(model: torch.nn.Module, path: Path) -> tuple[list[str], list[str]]:
+    """Loads the model file written by `save_training_state`; returns (missing, unexpected) names."""
+    if not is_sharded(model):
+        from safetensors.torch import load_model
+
+        missing, unexpected = load_model(model, str(path), strict=False)
+        return sorted(missing), sorted(unexpected)
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    state = _load_tensors(path)
+    tied: dict[str, list[str]] = {}
+    for alias, name in _aliases(model).items():
+        tied.setdefault(name, [name]).append(alias)
+    for names in tied.values():  # a tied tensor is stored under one of its names: every name gets it
+        present = [name for name in names if name in state]
+        if present:
+            state.update(dict.fromkeys(names, state[present[0]]))
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if not missing and not unexpected:
+        set_model_state_dict(model, state, options=_full_state_options())
+    return missing, unexpected
+
+
+def _optimizer_to_files(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, scalars = {}, {}
     for index, entry in state_dict["state"].items():
         for key, value in entry.items():
@@ -140,15 +241,19 @@ def save_training_state(folder: Path, model: torch.nn.Module, optimizer, schedul
 
     folder = Path(folder)
     # Every process checks (they hold the same values), so that all of them refuse together instead of waiting.
-    bad = non_finite_tensors(model.state_dict().items())
-    optimizer_tensors, optimizer_meta = _optimizer_to_files(optimizer)
+    model_state = full_model_state(model) if is_sharded(model) else None
+    bad = non_finite_tensors((model.state_dict() if model_state is None else model_state).items())
+    optimizer_tensors, optimizer_meta = _optimizer_to_files(_optimizer_state(model, optimizer))
     bad += [f"optimizer state {name}" for name in non_finite_tensors(optimizer_tensors.items())]
     if bad:
         raise NonFiniteStateError(
             f"{len(bad)} tensor(s) became NaN or infinite (first: {bad[:3]}); such a state is not saved as a checkpoint."
         )
     if is_main:
-        save_model(model, str(folder / MODEL_FILE))
+        if model_state is None:
+            save_model(model, str(folder / MODEL_FILE))
+        else:
+            save_file({name: tensor.contiguous().cpu() for name, tensor in model_state.items()}, str(folder / MODEL_FILE))
         save_file(optimizer_tensors, str(folder / OPTIMIZER_TENSORS))
         _write_json(optimizer_meta, folder / OPTIMIZER_JSON)
         _write_json(scheduler.state_dict(), folder / SCHEDULER_JSON)
@@ -194,12 +299,12 @@ def load_training_state(folder: Path, model: torch.nn.Module, optimizer, schedul
     Raises:
         TrainingError: the folder is refused by [`check_training_state`] or does not fit the model.
     """
-    from safetensors.torch import load_model
-
     folder = Path(folder)
     check_training_state(folder, num_processes=rank + 1)
     try:
-        missing, unexpected = load_model(model, str(folder / MODEL_FILE), strict=False)
+        missing, unexpected = _load_model_state(model, folder / MODEL_FILE)
+    except TrainingError:
+        raise
     except Exception as error:  # shape mismatches come as RuntimeError, broken files as SafetensorError
         raise TrainingError(f"{folder / MODEL_FILE} does not fit the model: {error}") from None
     if missing or unexpected:
@@ -207,8 +312,8 @@ def load_training_state(folder: Path, model: torch.nn.Module, optimizer, schedul
             f"{folder / MODEL_FILE} does not fit the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})."
         )
     try:
-        optimizer.load_state_dict(
-            _optimizer_from_files(_load_tensors(folder / OPTIMIZER_TENSORS), _read_json(folder / OPTIMIZER_JSON))
+        _load_optimizer_state(
+            model, optimizer, _optimizer_from_files(_load_tensors(folder / OPTIMIZER_TENSORS), _read_json(folder / OPTIMIZER_JSON))
         )
         scheduler.load_state_dict(_read_json(folder / SCHEDULER_JSON))
         if scaler is not None and (folder / SCALER_JSON).is_file():

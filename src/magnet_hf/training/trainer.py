@@ -178,6 +178,14 @@ def _make_accelerator(args: TrainingArguments, output: Path) -> Any:
         )
     except (ValueError, ImportError, RuntimeError) as error:  # e.g. fp16 without a GPU, an uninstalled tracker
         raise TrainingError(f"cannot set up accelerate with these flags: {error}") from error
+    sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+    if sharded and accelerator.mixed_precision != "no":
+        # Both cast every parameter to the half dtype, where autocast (plain DDP) leaves fp32 modules alone.
+        raise TrainingError(
+            f"--mixed-precision {accelerator.mixed_precision} is not supported with {accelerator.distributed_type.value}: "
+            "it would cast MagNet's language fusion, which must run in float32, to half precision. Train in fp32 "
+            "(--mixed-precision no, as accelerate_configs/ do) or with plain data parallelism."
+        )
     if accelerator.num_processes == 1 and world_size == 1 and "MASTER_ADDR" in os.environ and os.environ.get(
         "ACCELERATE_USE_CPU", ""
     ).lower() in ("true", "1"):
@@ -535,10 +543,11 @@ class _Run:
                     progress.write(f"step {step}: val oIoU {100 * metrics['overall_iou']:.2f}  mIoU {100 * metrics['mean_iou']:.2f}")
                 if state["best_metric"] is None or metrics[EVAL_METRIC] > state["best_metric"]:
                     state["best_metric"], state["best_step"] = metrics[EVAL_METRIC], step
+                    weights = self._gathered_weights()
                     if accelerator.is_main_process:
                         save_pretrained_atomic(
                             accelerator.unwrap_model(self.model), self.processor, self.output / BEST_DIR,
-                            {"eval_results.json": {"step": step, **metrics}},
+                            {"eval_results.json": {"step": step, **metrics}}, weights,
                         )
                     accelerator.wait_for_everyone()
                 if args.save_steps is None:
@@ -577,9 +586,18 @@ class _Run:
             return step % self.steps_per_epoch == 0
         return step % self.args.eval_steps == 0
 
+    def _gathered_weights(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP, the full weights gathered from every process (all of them must call this before the main
+        process saves); `None` when the model is not sharded and saves its own."""
+        from .state import full_model_state, is_sharded
+
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        return full_model_state(unwrapped) if is_sharded(unwrapped) else None
+
     def _save_final(self) -> None:
         accelerator, state = self.accelerator, self.state
         accelerator.wait_for_everyone()
+        weights = self._gathered_weights()
         if not accelerator.is_main_process:
             return
         final = state["eval_history"][-1] if state["eval_history"] and state["eval_history"][-1]["step"] == state["global_step"] else None
@@ -592,7 +610,7 @@ class _Run:
         unwrapped = accelerator.unwrap_model(self.model)
         save_final_model(
             unwrapped, self.processor, self.output,
-            {"eval_results.json": results, "trainer_state.json": self._trainer_state()},
+            {"eval_results.json": results, "trainer_state.json": self._trainer_state()}, weights,
         )
         if self.args.push_to_hub:
             try:
