@@ -234,3 +234,27 @@ def test_synthetic_evaluation_defaults_to_scenes_training_never_drew():
     assert not fingerprints(training) & fingerprints(evaluated)
     same_seed = load_evaluation_split("synthetic", "val", synthetic_images=20, synthetic_seed=0, image_size=64)
     assert fingerprints(same_seed) == fingerprints(training)  # the check above can see an overlap
+
+
+def test_synthetic_evaluation_reports_each_expression_kind(model_dir, model, tiny_processor, tmp_path, capsys):
+    from magnet_hf.data import expression_kind
+    from magnet_hf.data.synthetic import EXPRESSION_KINDS
+    from magnet_hf.evaluation import load_evaluation_split
+
+    output = tmp_path / "kinds.json"
+    arguments = ["--model", str(model_dir), "--dataset", "synthetic", "--synthetic-images", "4", "--synthetic-seed", "3"]
+    assert main([*arguments, "--split", "test", "--output", str(output), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(output.read_text())
+    by_kind = results["by_kind"]
+    assert set(by_kind) <= set(EXPRESSION_KINDS) and len(by_kind) >= 3
+    assert sum(entry["num_samples"] for entry in by_kind.values()) == results["num_samples"]
+    # Each kind scored on its own, as a separate evaluation of only its expressions, gives the same numbers.
+    samples = explode_sentences(load_evaluation_split("synthetic", "test", synthetic_images=4, synthetic_seed=3))
+    for kind, entry in by_kind.items():
+        subset = samples.filter(lambda row: expression_kind(row["sentences"][0]) == kind)
+        alone = evaluate_referring_segmentation(model, tiny_processor, subset, progress=False)
+        assert entry["num_samples"] == alone["num_samples"]
+        for key in ("overall_iou", "mean_iou", "precision@0.5"):
+            assert entry[key] == pytest.approx(alone[key], abs=1e-12)
+        assert f"| {kind} | {100 * entry['overall_iou']:.2f} |" in printed

@@ -233,6 +233,41 @@ def evaluate_referring_segmentation(
     return metric.compute()
 
 
+def metrics_by_expression_kind(metric: ReferringSegmentationMetric, samples: Any) -> dict[str, dict[str, float | int]]:
+    """The metrics of each expression kind of the synthetic generator (attribute, relation, ordinal, superlative).
+
+    Args:
+        metric ([`ReferringSegmentationMetric`]): Filled by [`evaluate_referring_segmentation`] on `samples`, so that
+            its per-sample counts are in the samples' row order.
+        samples (`datasets.Dataset`): One row per (object, sentence), as evaluated.
+
+    Returns:
+        `dict`: kind -> the `metrics_from_counts` entries of its samples (kinds without samples are left out).
+    """
+    from .data import expression_kind
+    from .metrics import metrics_from_counts
+
+    kinds = np.asarray([expression_kind(sentences[0]) for sentences in samples["sentences"]])
+    if kinds.size != metric.num_samples:
+        raise EvaluationError(f"{metric.num_samples} scored samples for {kinds.size} expressions.")
+    intersections, unions = metric.intersections, metric.unions
+    return {
+        kind: metrics_from_counts(intersections[kinds == kind], unions[kinds == kind], metric.thresholds)
+        for kind in sorted(set(kinds.tolist()))
+    }
+
+
+def format_kind_table(by_kind: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of oIoU, mIoU and P@0.5 (percentages) and the sample count per expression kind."""
+    lines = ["| kind | oIoU | mIoU | P@0.5 | samples |", "|---|---|---|---|---|"]
+    for kind, entry in by_kind.items():
+        lines.append(
+            f"| {kind} | {100 * entry['overall_iou']:.2f} | {100 * entry['mean_iou']:.2f} | "
+            f"{100 * entry['precision@0.5']:.2f} | {entry['num_samples']} |"
+        )
+    return "\n".join(lines)
+
+
 def _counts(prediction: torch.Tensor, ground_truth: np.ndarray) -> tuple[int, int]:
     prediction = prediction.cpu().numpy()
     if prediction.shape != ground_truth.shape:  # a processor whose post-processing ignores target_sizes
@@ -445,6 +480,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if args.max_samples is not None:
             samples = samples.select(range(min(args.max_samples, len(samples))))
         accelerator = _accelerator_if_launched()
+        from .metrics import ReferringSegmentationMetric, format_metrics_table
+
+        metric = ReferringSegmentationMetric()
         metrics = evaluate_referring_segmentation(
             model,
             processor,
@@ -453,11 +491,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             resolution=args.resolution,
             accelerator=accelerator,
             progress=not args.no_progress,
+            metric=metric,
         )
         if accelerator is not None and not accelerator.is_main_process:
             return 0
-        from .metrics import format_metrics_table
-
         print(format_metrics_table(metrics))
         results = {
             "model": args.model,
@@ -467,6 +504,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             "num_samples": metrics["num_samples"],
             "metrics": {key: value for key, value in metrics.items() if key != "num_samples"},
         }
+        if args.dataset == "synthetic":
+            results["by_kind"] = metrics_by_expression_kind(metric, samples)
+            print(format_kind_table(results["by_kind"]))
         if args.output:
             print(f"Results written to {write_results(results, args.output, args.overwrite)}")
         if args.update_model_card:

@@ -4,7 +4,25 @@
 The network is LAVT-style early fusion (a Swin image stream and a BERT language stream that read each other after
 every stage) followed by Mask2Former's deformable pixel decoder and a one-query masked-attention decoder. Every
 behaviour of the released inference network is reproduced, quirks included, so that converted official weights give
-the official numbers; see `DESIGN.md` section 2 of the project for the list.
+the official numbers; `docs/released_network.md` in the repository lists them.
+
+Paper name -> class here -> key prefix of the released checkpoints (`k` = stage, `p` = pyramid pool index):
+
+| paper | class | released keys |
+|---|---|---|
+| image encoder (Swin) | `MagNetImageEncoder`, `MagNetSwinStage`, `MagNetSwinBlock` | `image_model.patch_embed`, `image_model.layers.k.blocks`, `.downsample` |
+| language encoder (BERT) | `transformers.BertModel` (`text_encoder`) | `language_model.embeddings`, `language_model.encoder` |
+| Cross-modal Alignment Module (image side) | `MagNetImageFusion` | `image_model.layers.k.{fusion,res_gate,pyramids,fusions,mixer}` |
+| Pixel-Word Attention Module (PWAM) | `MagNetPixelWordAttention` | `image_model.layers.k.fusion`, `image_model.layers.k.fusions.p` |
+| Language Gate | `MagNetResidualGate` | `image_model.layers.k.res_gate`, `language_model.res_gates.k` |
+| multi-scale pyramid branch | `MagNetPyramidBranch` | `image_model.layers.k.pyramids.p` |
+| language-side fusion (word-pixel attention) | `MagNetLanguageFusion`, `MagNetWordPixelAttention` | `language_model.pwams.k`, `language_model.res_gates.k` |
+| pixel decoder (multi-scale deformable attention) | `MagNetPixelDecoder`, `MagNetPixelDecoderLayer` | `classifier.pixel_decoder` |
+| transformer decoder (masked attention) | `Mask2FormerTransformerModule` (`transformer_decoder`) | `classifier.predictor` |
+| Cross-modal Alignment Loss, text projection | `text_projection` | `lang_proj` |
+| Mask Grounding (training only) | `MagNetMaskGroundingHead` | not released |
+| mask encoder | `MagNetMaskEncoder` | not released |
+| Masked Token Predictor | `MagNetMaskedTokenPredictor` | not released |
 """
 
 from __future__ import annotations
