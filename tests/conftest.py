@@ -67,6 +67,12 @@ def official_fixtures() -> Path:
 
 
 def pytest_configure(config):
-    # Markers of transformers' common test mixins (test_conformance.py runs them under --strict-markers).
-    for name in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+    # Markers of transformers' common test mixins and of the decorators of `transformers.testing_utils` they use
+    # (`@slow` is `pytest.mark.slow`); test_conformance.py runs them under --strict-markers.
+    markers = (
+        "accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test",
+        "slow", "order", "is_agent_test", "is_expert_parallel_test", "is_fsdp_test", "is_pipeline_test",
+        "is_staging_test", "is_tensor_parallel_test", "is_training_test",
+    )
+    for name in markers:
         config.addinivalue_line("markers", f"{name}: marker of transformers' common tests")
