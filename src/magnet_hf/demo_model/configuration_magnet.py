@@ -12,6 +12,9 @@ from transformers import BertConfig, PreTrainedConfig
 #: on the masked sentence serves both.
 MASK_GROUNDING_MODES = ("separate", "shared")
 
+#: See `MagNetConfig.magnet_implementation` (the fast path itself is `fast_path_magnet.py`).
+MAGNET_IMPLEMENTATIONS = ("auto", "reference", "fast")
+
 
 class MagNetConfig(PreTrainedConfig):
     r"""
@@ -71,6 +74,15 @@ class MagNetConfig(PreTrainedConfig):
             Object queries. MagNet predicts one mask per expression, so only 1 is supported.
         init_std (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated normal initialiser.
+        magnet_implementation (`str`, *optional*, defaults to `"auto"`):
+            Which computation the modules run, read at every forward like `attn_implementation` (and like it, a
+            `from_pretrained` option): `"reference"`, the readable modules of `modeling_magnet.py`; `"fast"`, the
+            CPU inference path of `fast_path_magnet.py` (same numbers, less memory traffic; eval mode only, no
+            gradients); `"auto"`, the fast path for modules in eval mode on CPU and the reference otherwise. Grad mode
+            never decides: to differentiate a model in eval mode, choose `"reference"`.
+        cpu_cache_bytes (`int`, *optional*):
+            The cache budget that the fast path's groups and chunks (and the deformable attention's chunks) are sized
+            for. Defaults to the CPU's last-level cache as the operating system reports it.
         mask_loss_weight, dice_loss_weight, class_loss_weight (`float`, *optional*, defaults to 5.0, 5.0, 2.0):
             Weights of the mask BCE, mask dice and class cross-entropy terms (Mask2Former's defaults; MagNet's
             were not published).
@@ -154,6 +166,8 @@ class MagNetConfig(PreTrainedConfig):
         decoder_feedforward_size: int = 2048,
         num_queries: int = 1,
         init_std: float = 0.02,
+        magnet_implementation: str = "auto",
+        cpu_cache_bytes: int | None = None,
         mask_loss_weight: float = 5.0,
         dice_loss_weight: float = 5.0,
         class_loss_weight: float = 2.0,
@@ -206,6 +220,8 @@ class MagNetConfig(PreTrainedConfig):
         self.decoder_feedforward_size = decoder_feedforward_size
         self.num_queries = num_queries
         self.init_std = init_std
+        self.magnet_implementation = magnet_implementation
+        self.cpu_cache_bytes = cpu_cache_bytes
         self.mask_loss_weight = mask_loss_weight
         self.dice_loss_weight = dice_loss_weight
         self.class_loss_weight = class_loss_weight
@@ -349,6 +365,10 @@ class MagNetConfig(PreTrainedConfig):
             value = getattr(self, field)
             if not (is_number(value) and 0.0 <= value <= 1.0):
                 fail(field, f"must be a probability in [0, 1], got {value!r}.")
+        if self.magnet_implementation not in MAGNET_IMPLEMENTATIONS:
+            fail("magnet_implementation", f"must be one of {MAGNET_IMPLEMENTATIONS}, got {self.magnet_implementation!r}.")
+        if self.cpu_cache_bytes is not None:
+            positive_int("cpu_cache_bytes")
         if self.alignment_max_pixels < 3:
             fail(
                 "alignment_max_pixels",

@@ -17,9 +17,7 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
 )
 
-
-# Samples (batch x queries x heads x levels x points) handled at once by the pixel decoder's attention.
-SAMPLES_PER_CHUNK = 2**17
+from .fast_path_magnet import FastPathTuning
 
 
 def _per_level(values: list[float], num_points: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -29,15 +27,9 @@ def _per_level(values: list[float], num_points: int, dtype: torch.dtype, device:
 
 
 def _corners(operation, operands) -> torch.Tensor:
-    """`torch.stack([operation(a, b) for a, b in operands], dim=3)`, written in place when no gradient is needed: the
-    stacked copy of these ~10M-element tensors costs as much as computing them."""
-    first = operands[0][0]
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for pair in operands for t in pair):
-        return torch.stack([operation(a, b) for a, b in operands], dim=3)
-    output = first.new_empty(*first.shape[:3], len(operands), *first.shape[3:])
-    for index, (a, b) in enumerate(operands):
-        operation(a, b, out=output[:, :, :, index])
-    return output
+    """`operation(a, b)` for every `(a, b)` of `operands`, stacked on a new axis 3. The module samples a cache-sized
+    chunk of queries at a time, so the stacked copy stays in cache."""
+    return torch.stack([operation(a, b) for a, b in operands], dim=3)
 
 
 def padded_value_table(value: torch.Tensor, value_spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
@@ -173,11 +165,18 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
     chunk of queries at a time. Returns `(output, attention_weights)`, the weights only with `output_attentions=True`
     (`None` otherwise, as in transformers' attention modules), and a position embedding of batch 1 is broadcast.
 
+    The queries are taken a chunk at a time, the chunk sized by [`~fast_path_magnet.FastPathTuning`] for the device
+    (`config.cpu_cache_bytes` when the module is given a `config`); chunking changes no number.
+
     The offsets are added in pixels (`reference * size - 0.5 + offset`) rather than through the [0, 1] frame
     (`(reference + offset / size) * size - 0.5`): the same point, rounded once instead of twice. The locations,
     attention weights and sampling run in fp32 at least, as released: under bf16 autocast a bf16 offset would move a
     sampling point by up to half a pixel on the 120x120 level.
     """
+
+    def __init__(self, *args, config=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config = config  # only its `cpu_cache_bytes` is read
 
     def forward(
         self,
@@ -219,10 +218,10 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
 
         # A few thousand queries of one image at a time, from the position embedding to the output projection: the
         # sampling's temporaries (~100 bytes per sample, 2.4M samples per image at 480x480) stay in cache-sized pieces,
-        # and at inference each chunk's projected output goes straight into its slice of the result.
-        chunk = max(1, SAMPLES_PER_CHUNK // (self.n_heads * num_samples))
-        keep_graph = torch.is_grad_enabled()
-        output, outputs, all_weights = None, [], []
+        # and each chunk's projected output goes straight into its slice of the result.
+        samples_per_chunk = FastPathTuning.for_device(hidden_states.device, self.config).samples_per_chunk
+        chunk = max(1, samples_per_chunk // (self.n_heads * num_samples))
+        output, all_weights = None, []
         for image in range(batch_size):
             # The image's values, projected and laid out for the gather here: one image's table (20 MB at 480x480)
             # is written and read while it is still in cache.
@@ -252,16 +251,11 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
                 # Under the caller's autocast, as the unchunked projection was; weights loaded in half precision get
                 # their own dtype.
                 projected = self.output_proj(sampled.to(self.output_proj.weight.dtype))
-                if keep_graph:
-                    outputs.append(projected)
-                else:
-                    if output is None:
-                        output = projected.new_empty(batch_size, num_queries, projected.shape[-1])
-                    output[image : image + 1, start : start + chunk] = projected
+                if output is None:
+                    output = projected.new_empty(batch_size, num_queries, projected.shape[-1])
+                output[image : image + 1, start : start + chunk] = projected
                 if output_attentions:
                     all_weights.append(attention_weights)
-        if keep_graph:
-            output = _join_image_major(outputs, batch_size)
         if not output_attentions:
             return output, None
         attention_weights = _join_image_major(all_weights, batch_size)

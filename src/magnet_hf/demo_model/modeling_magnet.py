@@ -41,6 +41,8 @@ from timm.models.swin_transformer import (
     SwinTransformerBlock,
     WindowAttention,
     get_relative_position_index,
+    window_partition,
+    window_reverse,
 )
 from torch import nn
 from transformers import BertConfig, BertModel, Mask2FormerConfig, PreTrainedModel
@@ -59,6 +61,14 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_magnet import MagNetConfig
 from .deformable_attention_magnet import MagNetMultiscaleDeformableAttention
+from .fast_path_magnet import (
+    FastPathTuning,
+    normalize_over_positions_in_place,
+    pixel_decoder_post_attention,
+    run_in_groups,
+    swin_block_forward,
+    uses_fast_path,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -134,15 +144,6 @@ class MagNetReferringSegmentationOutput(MagNetModelOutput):
     loss_dict: dict[str, torch.FloatTensor] | None = None
 
 
-# CPU inference splits a batch into groups of images whose largest per-pixel tensor together holds at most this many
-# elements (16 MB in fp32, half the last-level cache of the 2-core reference machine): a group's working set then
-# stays near the cache, and the matrix products are tall enough without more images. Measured on that machine, large
-# maps (Swin stages 1-2 and the pixel decoder at 480x480) go one image at a time and small ones several at a time,
-# which is where batching pays (README, "Speed"). Training, and accelerators (whose parallelism wants the whole
-# batch), always run the whole batch.
-INFERENCE_GROUP_ELEMENTS = 2**22
-
-
 def _select_layers(states: list[torch.Tensor] | None, selection) -> tuple[torch.Tensor | None, ...] | None:
     """`output_hidden_states` as transformers reads it: `True` keeps every state, a list of indices (negative ones
     counting from the end) keeps those and leaves `None` in the other places."""
@@ -154,20 +155,6 @@ def _select_layers(states: list[torch.Tensor] | None, selection) -> tuple[torch.
     return tuple(state if index in kept else None for index, state in enumerate(states))
 
 
-def _inference_groups(module: nn.Module, batch: torch.Tensor, elements_per_image: int) -> list[slice]:
-    """The slices of `batch` (batch first) that an inference forward of `module` runs one after the other (one slice:
-    the whole batch)."""
-    batch_size = batch.shape[0]
-    if module.training or torch.is_grad_enabled() or batch_size == 1 or batch.device.type != "cpu":
-        return [slice(0, batch_size)]
-    largest_group = max(1, INFERENCE_GROUP_ELEMENTS // max(elements_per_image, 1))
-    num_groups = -(-batch_size // largest_group)
-    # Groups of equal size (8 images at most 6 together: 4 + 4, not 6 + 2), the larger ones first.
-    sizes = [batch_size // num_groups + (index < batch_size % num_groups) for index in range(num_groups)]
-    starts = [0, *itertools.accumulate(sizes)]
-    return [slice(start, start + size) for start, size in zip(starts, sizes)]
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Image stream: timm's Swin modules, run with the released padding order
 # --------------------------------------------------------------------------------------------------------------------
@@ -175,29 +162,25 @@ def _inference_groups(module: nn.Module, batch: torch.Tensor, elements_per_image
 
 class MagNetSwinBlock(GradientCheckpointingLayer, SwinTransformerBlock):
     """
-    timm's Swin block (same modules and weight names) run the way the released MagNet ran it: the normalised map is
-    zero-padded to whole windows *before* the cyclic shift, the shift mask is built on the padded grid, and a map
-    smaller than the window is padded up to it instead of shrinking the window. timm's own block rolls first and pads
-    after, and clamps the window to small maps; both give different numbers from the released weights' training.
+    timm's Swin block (same modules, weight names and forward) with the released padding order in `_attn`: the
+    normalised map is zero-padded to whole windows *before* the cyclic shift, the shift mask is built on the padded
+    grid, and a map smaller than the window is padded up to it instead of shrinking the window. timm's own block
+    rolls first and pads after, and clamps the window to small maps; both give different numbers from the released
+    weights' training.
 
-    Padding, shift and window partition are one row gather with an index built once per map size, and the way back is
-    one more; at inference the residuals are added in place and the MLP runs a few thousand tokens at a time. The block
-    then writes each large tensor once instead of through roll, pad, permute and activation copies.
+    Input and output: `(batch, height, width, channels)`. On the fast path ([`~fast_path_magnet.uses_fast_path`]) the
+    forward is [`~fast_path_magnet.swin_block_forward`] (same numbers, gathered windows, residuals in place).
 
     A transformers `GradientCheckpointingLayer`: `gradient_checkpointing_enable()` checkpoints every block with the
     settings it is given (`use_reentrant` included), as it does BERT's layers.
     """
 
-    # Elements of the MLP's (tokens, 4 * dim) hidden activation per chunk at inference: the block's largest tensor.
-    MLP_CHUNK_ELEMENTS = 2**21
-
     def __init__(self, config: MagNetConfig | None = None, **kwargs):
         super().__init__(always_partition=True, dynamic_mask=True, **kwargs)
-        # Read at every forward: `attn_implementation="eager"` computes the window attention as explicit matrix
-        # products and softmax, anything else runs torch's scaled_dot_product_attention (same numbers up to rounding).
+        # Read at every forward: `attn_implementation` (eager products or torch's SDPA, as timm's `fused_attn`) and
+        # `magnet_implementation` (reference or fast path).
         self.config = config
         self._shift_masks: dict[tuple, torch.Tensor] = {}
-        self._window_indices: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
     def _padded_size(self, height: int, width: int) -> tuple[int, int]:
         window_height, window_width = self.window_size
@@ -207,134 +190,40 @@ class MagNetSwinBlock(GradientCheckpointingLayer, SwinTransformerBlock):
         )
 
     def _shift_mask(self, reference: torch.Tensor, padded_height: int, padded_width: int) -> torch.Tensor | None:
-        """Shift mask `(num_windows, window_area, window_area)` for this padded size (built once and reused), or `None`
-        for an unshifted block."""
+        """Shift mask `(num_windows, window_area, window_area)` of the padded grid (built once per size and reused),
+        or `None` for an unshifted block."""
         if not any(self.shift_size):
             return None
         key = (padded_height, padded_width, reference.device, reference.dtype)
         if key not in self._shift_masks:
-            grid = reference.new_zeros(1, padded_height, padded_width, 1)
-            self._shift_masks[key] = self.get_attn_mask(grid)
+            self._shift_masks[key] = self.get_attn_mask(reference.new_zeros(1, padded_height, padded_width, 1))
         return self._shift_masks[key]
-
-    def _window_index(
-        self, height: int, width: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """
-        Index tensors for a `height` x `width` map, built once per size and reused:
-
-        - `gather` `(padded_height * padded_width,)`: for every token of the windows of the zero-padded, cyclically
-          shifted map (window-major, row-major inside a window), the row-major index of the map token it holds;
-          padding points at token 0 and is overwritten after the gather.
-        - `scatter` `(height * width,)`: for every map token, its position among the window tokens (the inverse).
-        - `padding` (`None` on a map of whole windows): the positions among the window tokens that hold padding.
-        """
-        key = (height, width, device)
-        if key not in self._window_indices:
-            window_height, window_width = self.window_size
-            padded_height, padded_width = self._padded_size(height, width)
-            # Shifting by -s: position i of the shifted map holds position (i + s) mod size of the padded map.
-            rows = (torch.arange(padded_height) + self.shift_size[0]) % padded_height
-            columns = (torch.arange(padded_width) + self.shift_size[1]) % padded_width
-            is_padding = (rows[:, None] >= height) | (columns[None, :] >= width)
-            source = (rows[:, None] * width + columns[None, :]).masked_fill(is_padding, 0)
-
-            def window_major(grid: torch.Tensor) -> torch.Tensor:
-                rows_of_windows, columns_of_windows = padded_height // window_height, padded_width // window_width
-                grid = grid.view(rows_of_windows, window_height, columns_of_windows, window_width)
-                return grid.transpose(1, 2).reshape(-1)
-
-            gather, is_padding = window_major(source), window_major(is_padding)
-            positions = torch.arange(gather.numel())
-            scatter = torch.empty(height * width, dtype=torch.long)
-            scatter[gather[~is_padding]] = positions[~is_padding]
-            padding = positions[is_padding].to(device) if bool(is_padding.any()) else None
-            self._window_indices[key] = (gather.to(device), scatter.to(device), padding)
-        return self._window_indices[key]
-
-    def _attention_bias(self, mask: torch.Tensor | None) -> torch.Tensor:
-        """Relative-position bias plus shift mask: `(num_windows, heads, area, area)`, or `(1, heads, area, area)` for
-        an unshifted block (shared by all windows)."""
-        bias = self.attn._get_rel_pos_bias()  # (1, heads, area, area)
-        if mask is None:
-            return bias
-        return bias + mask[:, None].to(bias.dtype)
-
-    def _attn(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # hidden_states: (batch, height, width, channels), already normalised by norm1.
-        # Same numbers as timm's WindowAttention on the zero-padded, shifted map, computed with less work: the qkv and
-        # output projections act per token, so they run on the real tokens only (a zero-padded token projects to the
-        # qkv bias), the windows are gathered straight from the projected tokens, and attention reads strided views
-        # of them through scaled_dot_product_attention with the bias and shift mask as one additive mask.
-        attention = self.attn
-        batch_size, height, width, channels = hidden_states.shape
-        num_heads = attention.num_heads
-        head_dim = attention.qkv.out_features // (3 * num_heads)
-        gather, scatter, padding = self._window_index(height, width, hidden_states.device)
-        num_window_tokens = gather.numel()
-        num_windows = num_window_tokens // self.window_area
-
-        qkv = attention.qkv(hidden_states).view(batch_size, height * width, 3 * channels)
-        windows = qkv.index_select(1, gather)  # (batch, windows * area, 3 * channels)
-        del qkv
-        if padding is not None:
-            windows[:, padding] = attention.qkv.bias.to(windows.dtype) if attention.qkv.bias is not None else 0.0
-        windows = windows.view(batch_size, num_windows, self.window_area, 3, num_heads, head_dim)
-        mask = self._shift_mask(hidden_states, *self._padded_size(height, width))
-        bias = self._attention_bias(mask).to(windows.dtype)
-        dropout = attention.attn_drop.p if self.training else 0.0
-        eager = self._uses_eager_attention()
-        # One image at a time: the shift mask varies over windows and the bias over heads, and neither broadcasts
-        # over a (batch x windows) axis that is not contiguous in memory.
-        attended = []
-        for image in windows.unbind(0):
-            query, key, value = (t.transpose(1, 2) for t in image.unbind(2))  # each (windows, heads, area, head_dim)
-            if eager:
-                weights = torch.matmul(query * head_dim**-0.5, key.transpose(-2, -1)) + bias
-                weights = F.dropout(weights.softmax(dim=-1), p=dropout, training=self.training)
-                output = torch.matmul(weights, value)
-            else:
-                output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout)
-            attended.append(output.transpose(1, 2).reshape(num_window_tokens, channels))
-        del windows, image, query, key, value
-        if torch.is_grad_enabled():
-            tokens = torch.stack(attended).index_select(1, scatter)
-        else:
-            tokens = hidden_states.new_empty(batch_size, height * width, channels, dtype=attended[0].dtype)
-            for image_index, output in enumerate(attended):
-                torch.index_select(output, 0, scatter, out=tokens[image_index])
-        del attended
-        return attention.proj_drop(attention.proj(tokens)).view(batch_size, height, width, channels)
 
     def _uses_eager_attention(self) -> bool:
         return getattr(self.config, "_attn_implementation", None) == "eager"
 
+    def _attn(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # hidden_states: (batch, height, width, channels), normalised by norm1. The released order: pad, then shift.
+        _, height, width, channels = hidden_states.shape
+        padded_height, padded_width = self._padded_size(height, width)
+        padded = F.pad(hidden_states, (0, 0, 0, padded_width - width, 0, padded_height - height))
+        if any(self.shift_size):
+            padded = torch.roll(padded, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        windows = window_partition(padded, self.window_size).view(-1, self.window_area, channels)
+        mask = self._shift_mask(hidden_states, padded_height, padded_width)
+        windows = self.attn(windows, mask=mask)  # (batch * num_windows, window_area, channels)
+        windows = windows.view(-1, *self.window_size, channels)
+        padded = window_reverse(windows, self.window_size, padded_height, padded_width)
+        if any(self.shift_size):
+            padded = torch.roll(padded, shifts=self.shift_size, dims=(1, 2))
+        return padded[:, :height, :width]
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # (batch, height, width, channels) -> same shape.
-        if self.training or torch.is_grad_enabled():
-            self.attn.fused_attn = not self._uses_eager_attention()  # timm's own switch for the same choice
-            return super().forward(hidden_states)
-        _, height, width, channels = hidden_states.shape
-        # A 120x120 map's qkv alone is 22 MB per image: see INFERENCE_GROUP_ELEMENTS.
-        groups = _inference_groups(self, hidden_states, height * width * self.attn.qkv.out_features)
-        chunk = max(1, self.MLP_CHUNK_ELEMENTS // self.mlp.fc1.out_features)
-        output = None
-        for group in groups:
-            inputs = hidden_states[group]
-            attended = self._attn(self.norm1(inputs))
-            if len(groups) == 1 and attended.dtype == inputs.dtype:
-                block_output = attended  # a fresh tensor: the residual goes into it in place (x + a == a + x exactly)
-                block_output += inputs
-            else:  # several groups, or under autocast a low-precision attention output joining a float32 stream
-                if output is None:
-                    dtype = torch.promote_types(inputs.dtype, attended.dtype)
-                    output = hidden_states.new_empty(hidden_states.shape, dtype=dtype)
-                block_output = output[group]
-                torch.add(inputs, attended, out=block_output)
-            del attended
-            for part in block_output.view(-1, channels).split(chunk):
-                part += self.mlp(self.norm2(part))
-        return block_output if output is None else output
+        if uses_fast_path(self.config, self, hidden_states):
+            return swin_block_forward(self, hidden_states)
+        self.attn.fused_attn = not self._uses_eager_attention()
+        return super().forward(hidden_states)
 
 
 class MagNetSwinStage(nn.Module):
@@ -494,10 +383,6 @@ class MagNetImageFusion(nn.Module):
         next Swin stage (`None` without a gate) and the fused feature `(batch, dim, height, width)` for the decoder.
         """
         batch_size, height, width, dim = visual.shape
-        groups = _inference_groups(self, visual, height * width * 2 * dim)  # the mixer's input is ~2 * dim wide
-        if len(groups) > 1:
-            gated, fused = zip(*(self(visual[group], words[group], word_mask[group]) for group in groups))
-            return (None if self.gate is None else torch.cat(gated)), torch.cat(fused)
         pixels = visual.reshape(batch_size, height * width, dim)
         residual = self.pixel_word_attention(pixels, words, word_mask)
         feature_map = visual.permute(0, 3, 1, 2)
@@ -510,23 +395,11 @@ class MagNetImageFusion(nn.Module):
         return gated, fused
 
 
-# Positions per chunk where a pixel-sized tensor is reduced piecewise at inference.
-_POSITIONS_PER_CHUNK = 2048
-
-
-def _normalize_over_positions(
-    hidden_states: torch.Tensor, mask: torch.Tensor | None = None, in_place: bool = False
-) -> torch.Tensor:
+def normalize_over_positions(hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Instance norm of `(batch, positions, channels)` over the positions (no affine, eps 1e-5), optionally only over
-    positions where `mask` `(batch, positions)` is 1; masked positions then come out as zeros. With `in_place` (and no
-    mask) `hidden_states` is overwritten with the result, which saves two copies of a pixel-sized projection."""
+    positions where `mask` `(batch, positions)` is 1; masked positions then come out as zeros."""
     if mask is None:
         mean = hidden_states.mean(dim=1, keepdim=True)
-        if in_place:
-            centered = hidden_states.sub_(mean)
-            # The squares a few thousand positions at a time, so that no second full-size tensor is written.
-            squares = sum(part.square().sum(dim=1, keepdim=True) for part in centered.split(_POSITIONS_PER_CHUNK, dim=1))
-            return centered.div_(torch.sqrt(squares / centered.shape[1] + 1e-5))
         # Two-pass variance of the centred values: `var` over the strided positions axis is several times slower.
         centered = hidden_states - mean
         variance = centered.square().mean(dim=1, keepdim=True)
@@ -549,12 +422,21 @@ class MagNetWordPixelAttention(nn.Module):
     module always runs in fp32: under fp16 the -1e4 x -1e4 products overflow.
 
     Inputs: `words` `(batch, num_words, text_dim)`, `pixels` `(batch, num_pixels, visual_dim)`, 0/1 `word_mask`
-    `(batch, num_words)`. Output: the fusion residual `(batch, num_words, text_dim)`.
+    `(batch, num_words)`. Output: the fusion residual `(batch, num_words, text_dim)`. On the fast path the pixel-sized
+    key and value are normalised where they lie ([`~fast_path_magnet.normalize_over_positions_in_place`]).
     """
 
-    def __init__(self, text_dim: int, visual_dim: int, dropout: float = 0.0, released_masking: bool = True):
+    def __init__(
+        self,
+        text_dim: int,
+        visual_dim: int,
+        dropout: float = 0.0,
+        released_masking: bool = True,
+        config: MagNetConfig | None = None,
+    ):
         super().__init__()
         self.released_masking = released_masking
+        self.config = config  # `magnet_implementation` is read at every forward
         # Created in fp32 whatever the default dtype (`_from_config(config, dtype=torch.bfloat16)`): see the class
         # docstring; `_keep_in_fp32_modules_strict` keeps it there when loading.
         fp32 = torch.float32
@@ -568,10 +450,11 @@ class MagNetWordPixelAttention(nn.Module):
         self.scale = text_dim**-0.5
 
     def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        # The pixel-sized key and value are text_dim wide.
-        groups = _inference_groups(self, pixels, pixels.shape[1] * self.key_projection.out_features)
-        if len(groups) > 1:
-            return torch.cat([self(words[group], pixels[group], word_mask[group]) for group in groups])
+        if uses_fast_path(self.config, self, pixels):
+            tuning = FastPathTuning.for_device(pixels.device, self.config)
+            normalize_pixels = functools.partial(normalize_over_positions_in_place, tuning=tuning)
+        else:
+            normalize_pixels = normalize_over_positions
         with torch.autocast(device_type=words.device.type, enabled=False):
             words, pixels = _at_least_float32(words), _at_least_float32(pixels)
             word_mask = word_mask.to(words.dtype)
@@ -582,28 +465,34 @@ class MagNetWordPixelAttention(nn.Module):
                 query_scale = word_mask
             query = self.query_projection(words) * query_scale[..., None]  # (batch, num_words, text_dim)
             # The pixel-sized key and value (text_dim wide: 44 MB per image at stage 1 of a 480x480 input) are made
-            # one after the other, and at inference normalised where they lie.
-            in_place = not torch.is_grad_enabled()
-            key = _normalize_over_positions(self.key_projection(pixels), in_place=in_place)  # (batch, pixels, text_dim)
+            # one after the other.
+            key = normalize_pixels(self.key_projection(pixels))  # (batch, num_pixels, text_dim)
             scores = torch.matmul(query, key.transpose(1, 2)) * self.scale  # (batch, num_words, num_pixels)
             del key
             if self.released_masking:
                 # Constant along the softmax axis, so it masks nothing; kept because at fp32 it rounds the padding
                 # rows' huge scores exactly as they were rounded when the released weights were trained.
                 scores = scores + (1e4 * query_scale[..., None] - 1e4)
-            value = _normalize_over_positions(self.value_projection(pixels), in_place=in_place)
+            value = normalize_pixels(self.value_projection(pixels))  # (batch, num_pixels, text_dim)
             attended = self.output_projection(torch.matmul(scores.softmax(dim=-1), value))
             del value
-            attended = _normalize_over_positions(attended, None if self.released_masking else word_mask)
+            attended = normalize_over_positions(attended, None if self.released_masking else word_mask)
             return self.dropout(F.gelu(self.fusion_projection(visual * attended)))
 
 
 class MagNetLanguageFusion(nn.Module):
-    """Language-side fusion of one stage: word-pixel attention whose residual enters the language stream through a gate."""
+    """Language-side fusion of one stage: word-pixel attention whose residual enters the language stream through a gate.
 
-    def __init__(self, text_dim: int, visual_dim: int, dropout: float, released_masking: bool):
+    Inputs: `words` `(batch, num_words, text_dim)`, `pixels` `(batch, num_pixels, visual_dim)`, 0/1 `word_mask`
+    `(batch, num_words)`. Output: the fused language stream, shaped as `words`.
+    """
+
+    def __init__(
+        self, text_dim: int, visual_dim: int, dropout: float, released_masking: bool, config: MagNetConfig | None = None
+    ):
         super().__init__()
-        self.word_pixel_attention = MagNetWordPixelAttention(text_dim, visual_dim, dropout, released_masking)
+        self.config = config
+        self.word_pixel_attention = MagNetWordPixelAttention(text_dim, visual_dim, dropout, released_masking, config)
         self.gate = MagNetResidualGate(text_dim, nn.ReLU, dtype=torch.float32)
 
     def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
@@ -615,7 +504,14 @@ class MagNetLanguageFusion(nn.Module):
                 "in float32, call `.float()` on the model's `language_fusions` after casting, or cast nothing and run "
                 "under `torch.autocast`."
             )
-        residual = self.word_pixel_attention(words, pixels, word_mask)
+        # Fast path: a group of images at a time, sized by the pixel-sized key and value (text_dim wide).
+        residual = run_in_groups(
+            self.word_pixel_attention,
+            (words, pixels, word_mask),
+            pixels.shape[1] * self.word_pixel_attention.key_projection.out_features,
+            self.config,
+            self,
+        )
         return self.gate(_at_least_float32(words), residual).to(words.dtype)
 
 
@@ -625,18 +521,19 @@ class MagNetLanguageFusion(nn.Module):
 
 
 class MagNetPixelDecoderLayer(nn.Module):
-    """Post-norm deformable self-attention + ReLU FFN over the flattened multi-scale tokens `(batch, tokens, hidden)`."""
-
-    FEEDFORWARD_CHUNK = 4096
+    """Post-norm deformable self-attention + ReLU FFN over the flattened multi-scale tokens `(batch, tokens, hidden)`.
+    On the fast path everything after the attention runs in place ([`~fast_path_magnet.pixel_decoder_post_attention`])."""
 
     def __init__(self, config: MagNetConfig, num_levels: int):
         super().__init__()
+        self.config = config
         hidden = config.decoder_hidden_size
         self.self_attn = MagNetMultiscaleDeformableAttention(
             embed_dim=hidden,
             num_heads=config.pixel_decoder_num_heads,
             n_levels=num_levels,
             n_points=config.pixel_decoder_num_points,
+            config=config,
         )
         self.self_attn_layer_norm = nn.LayerNorm(hidden)
         self.fc1 = nn.Linear(hidden, config.pixel_decoder_feedforward_size)
@@ -659,21 +556,10 @@ class MagNetPixelDecoderLayer(nn.Module):
             spatial_shapes_list=spatial_shapes,
             level_start_index=level_start_index,
         )
-        if torch.is_grad_enabled():
-            hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-            return self.final_layer_norm(hidden_states + self.fc2(self.fc1(hidden_states).relu_()))
-        # Inference: every step after the attention acts per token, so both residuals, both norms and the FFN (whose
-        # inner activation, tokens x 1024, is the decoder's largest tensor) run a few thousand tokens at a time, in
-        # place in the attention output: one token-sized tensor instead of six.
-        if attended.dtype == hidden_states.dtype:
-            attended += hidden_states  # x + a == a + x exactly
-        else:  # autocast: a low-precision attention output joins a float32 stream
-            attended = hidden_states + attended
-        del hidden_states
-        for part in attended.view(-1, attended.shape[-1]).split(self.FEEDFORWARD_CHUNK):
-            normed = self.self_attn_layer_norm(part)
-            part.copy_(self.final_layer_norm(normed + self.fc2(self.fc1(normed).relu_())))
-        return attended
+        if uses_fast_path(self.config, self, hidden_states):
+            return pixel_decoder_post_attention(self, hidden_states, attended)
+        hidden_states = self.self_attn_layer_norm(hidden_states + attended)
+        return self.final_layer_norm(hidden_states + self.fc2(self.fc1(hidden_states).relu()))
 
 
 class MagNetPixelDecoder(nn.Module):
@@ -913,7 +799,7 @@ class MagNetModel(MagNetPreTrainedModel):
         )
         self.language_fusions = nn.ModuleList(
             [
-                MagNetLanguageFusion(text_dim, dim, config.fusion_dropout, config.released_language_masking)
+                MagNetLanguageFusion(text_dim, dim, config.fusion_dropout, config.released_language_masking, config)
                 for dim in config.stage_dims
             ]
         )
@@ -1019,7 +905,11 @@ class MagNetModel(MagNetPreTrainedModel):
             output_hidden_states=bool(output_hidden_states),
             output_attentions=output_attentions,
         )
-        mask_features, mask_predictions, query_states = self._decode(fused_features)
+        # Fast path: a group of images at a time, sized by the pixel decoder's token sequence (20 MB per image at 480).
+        tokens = sum(feature.shape[-2] * feature.shape[-1] for feature in fused_features)
+        mask_features, mask_predictions, query_states = run_in_groups(
+            self._decode, fused_features, tokens * self.config.decoder_hidden_size, self.config, self
+        )
         class_predictions = [self.class_predictor(hidden) for hidden in query_states]
         auxiliary = tuple(
             {"pred_masks": masks, "pred_logits": logits}
@@ -1126,7 +1016,11 @@ class MagNetModel(MagNetPreTrainedModel):
                 image_hidden_states.append(visual.permute(0, 3, 1, 2))
             layer_start = layer_end
             # Both sides read each other's pre-fusion outputs.
-            gated_visual, fused = self.image_fusions[stage](visual, words, attention_mask)
+            # Fast path: a group of images at a time, sized by the mixer's input (~2 * dim wide).
+            height, width, dim = visual.shape[1:]
+            gated_visual, fused = run_in_groups(
+                self.image_fusions[stage], (visual, words, attention_mask), height * width * 2 * dim, self.config, self
+            )
             fused_features.append(fused)
             is_last = stage == num_stages - 1
             if not is_last or run_last_language_fusion:
@@ -1136,29 +1030,18 @@ class MagNetModel(MagNetPreTrainedModel):
                 visual = gated_visual
         return fused_features, words
 
-    def _decode(self, fused_features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def _decode(
+        self, *fused_features: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """
         Pixel decoder and transformer decoder over the fused maps (fine to coarse `(batch, C_k, H_k, W_k)`). Returns
         the mask features `(batch, hidden, H/4, W/4)`, every decoder layer's mask logits `(batch, queries, H/4, W/4)`
-        and its query states `(batch, queries, hidden)`. Both decoders act on each image alone, and the pixel decoder's
-        19,125-token sequence is 20 MB per image at 480x480, so inference runs them group by group.
+        and its query states `(batch, queries, hidden)`.
         """
-        tokens = sum(feature.shape[-2] * feature.shape[-1] for feature in fused_features)
-        groups = _inference_groups(self, fused_features[0], tokens * self.config.decoder_hidden_size)
-        mask_features, mask_predictions, query_states = [], [], []
-        for group in groups:
-            features, multi_scale_features = self.pixel_decoder(tuple(feature[group] for feature in fused_features))
-            decoded = self.transformer_decoder(multi_scale_features=multi_scale_features, mask_features=features)
-            mask_features.append(features)
-            mask_predictions.append(decoded.masks_queries_logits)
-            query_states.append([hidden.transpose(0, 1) for hidden in decoded.intermediate_hidden_states])
-        if len(groups) == 1:
-            return mask_features[0], list(mask_predictions[0]), query_states[0]
-        return (
-            torch.cat(mask_features),
-            [torch.cat(layer) for layer in zip(*mask_predictions)],
-            [torch.cat(layer) for layer in zip(*query_states)],
-        )
+        mask_features, multi_scale_features = self.pixel_decoder(fused_features)
+        decoded = self.transformer_decoder(multi_scale_features=multi_scale_features, mask_features=mask_features)
+        query_states = [hidden.transpose(0, 1) for hidden in decoded.intermediate_hidden_states]
+        return mask_features, list(decoded.masks_queries_logits), query_states
 
     def load_pretrained_image_encoder(self, name_or_path: str | Path) -> None:
         """Loads Swin weights from a timm model name (downloads) or a local `.pth`/`.bin`/`.safetensors` file (timm or
