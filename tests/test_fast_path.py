@@ -27,6 +27,7 @@ from magnet_hf.fast_path_magnet import (
     last_level_cache_bytes,
     normalize_over_positions_in_place,
     run_in_groups,
+    selects_fast_path,
     swin_block_forward,
     uses_fast_path,
     window_attention,
@@ -62,39 +63,48 @@ def max_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+# (selected: gathered windows; eval-mode path: in-place residuals, chunks, groups)
 @pytest.mark.parametrize(
-    "choice, training, device, expected",
-    [
-        ("auto", False, "cpu", True),
-        ("auto", True, "cpu", False),
-        ("auto", False, "meta", False),  # meta stands in for an accelerator
-        ("reference", False, "cpu", False),
-        ("reference", True, "cpu", False),
-        ("fast", False, "cpu", True),
-        ("fast", False, "meta", True),
-    ],
-)
-def test_the_switch_resolves_from_the_choice_the_mode_and_the_device(choice, training, device, expected):
+    "choice, device, selected",
+    [("auto", "cpu", True), ("auto", "meta", False), ("reference", "cpu", False), ("fast", "cpu", True), ("fast", "meta", True)],
+)  # meta stands in for an accelerator
+@pytest.mark.parametrize("training", [False, True])
+def test_the_switch_resolves_from_the_choice_the_device_and_the_mode(choice, device, selected, training):
     config = MagNetConfig.from_preset("magnet-tiny", magnet_implementation=choice)
     module = torch.nn.Linear(2, 2).train(training)
     tensor = torch.empty(2, 2, device=device)
-    assert uses_fast_path(config, module, tensor) is expected
-    with torch.no_grad():  # grad mode is never consulted
-        assert uses_fast_path(config, module, tensor) is expected
+    for grad_mode in (True, False):  # grad mode is never consulted
+        with torch.set_grad_enabled(grad_mode):
+            assert selects_fast_path(config, tensor) is selected
+            assert uses_fast_path(config, module, tensor) is (selected and not training)
 
 
-def test_fast_in_training_mode_is_refused_and_unknown_choices_too():
-    config = MagNetConfig.from_preset("magnet-tiny", magnet_implementation="fast")
-    with pytest.raises(ValueError, match="inference path"):
-        uses_fast_path(config, torch.nn.Linear(2, 2).train(), torch.empty(1))
+def test_unknown_choices_are_refused():
     with pytest.raises(ValueError, match="magnet_implementation"):
         MagNetConfig.from_preset("magnet-tiny", magnet_implementation="turbo")
     with pytest.raises(ValueError, match="cpu_cache_bytes"):
         MagNetConfig.from_preset("magnet-tiny", cpu_cache_bytes=0)
-    model = MagNetModel(config).train()
-    pixel_values, input_ids, attention_mask = tiny_inputs(batch=1)
-    with pytest.raises(ValueError, match="inference path"):
-        model(pixel_values.float(), input_ids, attention_mask)
+
+
+def test_training_on_the_fast_path_gives_the_reference_gradients():
+    torch.manual_seed(0)
+    model = MagNetModel(MagNetConfig.from_preset("magnet-tiny")).double().train()
+    for module in model.modules():  # no randomness, so that both paths compute the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "drop_prob"):
+            module.drop_prob = 0.0
+    pixel_values, input_ids, attention_mask = tiny_inputs(batch=2, size=80)  # 10, 5 and 3 maps are padded
+    gradients = {}
+    for choice in ("reference", "fast"):
+        model.config.magnet_implementation = choice
+        model.zero_grad()
+        model(pixel_values, input_ids, attention_mask).pred_masks.square().sum().backward()
+        gradients[choice] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert gradients["fast"].keys() == gradients["reference"].keys()
+    assert any("image_encoder.layers.3" in name for name in gradients["fast"])
+    for name, expected in gradients["reference"].items():
+        assert max_difference(gradients["fast"][name], expected) < TOLERANCE * (1 + expected.abs().max().item()), name
 
 
 def _count_fast_blocks(monkeypatch) -> list[int]:
@@ -125,7 +135,7 @@ def test_grad_mode_does_not_select_the_path_and_the_mode_does(monkeypatch):
     with pytest.raises(FastPathBackwardError, match="magnet_implementation='reference'"):
         with_grad.sum().backward()
     model.train()
-    model(pixel_values, input_ids, attention_mask).pred_masks.sum().backward()  # training mode: the reference
+    model(pixel_values, input_ids, attention_mask).pred_masks.sum().backward()  # training mode: differentiable
     assert len(calls) == 2 * blocks
 
 
@@ -212,9 +222,11 @@ def test_batch_groups_are_equal_sized_and_only_cpu_inference_runs_in_groups():
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _block(size, shift, **kwargs) -> MagNetSwinBlock:
+def _block(size, shift, config=None) -> MagNetSwinBlock:
+    """A block running the reference, unless given another config."""
+    config = config or MagNetConfig.from_preset("magnet-tiny", magnet_implementation="reference")
     torch.manual_seed(0)
-    block = MagNetSwinBlock(dim=16, input_resolution=size, num_heads=2, window_size=4, shift_size=shift, **kwargs)
+    block = MagNetSwinBlock(config, dim=16, input_resolution=size, num_heads=2, window_size=4, shift_size=shift)
     with torch.no_grad():
         block.attn.relative_position_bias_table.normal_()
         block.attn.qkv.bias.normal_()

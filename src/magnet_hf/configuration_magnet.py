@@ -77,9 +77,10 @@ class MagNetConfig(PreTrainedConfig):
         magnet_implementation (`str`, *optional*, defaults to `"auto"`):
             Which computation the modules run, read at every forward like `attn_implementation` (and like it, a
             `from_pretrained` option): `"reference"`, the readable modules of `modeling_magnet.py`; `"fast"`, the
-            CPU inference path of `fast_path_magnet.py` (same numbers, less memory traffic; eval mode only, no
-            gradients); `"auto"`, the fast path for modules in eval mode on CPU and the reference otherwise. Grad mode
-            never decides: to differentiate a model in eval mode, choose `"reference"`.
+            fast path of `fast_path_magnet.py` (same numbers): in training mode its gathered Swin windows (which are
+            differentiable), in eval mode also residuals in place, chunks and batch groups (no gradients: a backward
+            raises); `"auto"`, the fast path on CPU and the reference elsewhere. Grad mode never decides: to
+            differentiate a model in eval mode, choose `"reference"`.
         cpu_cache_bytes (`int`, *optional*):
             The cache budget that the fast path's groups and chunks (and the deformable attention's chunks) are sized
             for. Defaults to the CPU's last-level cache as the operating system reports it.

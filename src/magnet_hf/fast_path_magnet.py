@@ -15,10 +15,11 @@ What it does, and why each pays on a CPU:
   FFN and the language fusion's instance norms run a cache-sized chunk of tokens at a time, so that each large
   tensor is written once.
 
-Selection: `MagNetConfig.magnet_implementation` ([`uses_fast_path`]), read at every forward. `"auto"` (the
-default) takes this path for a module in eval mode on CPU, `"fast"` forces it (eval mode only), `"reference"` never
-takes it. Grad mode is never consulted. The fast path computes no gradients: a backward through it raises
-[`FastPathBackwardError`]; use `"reference"` (what `"auto"` gives in training mode) to differentiate.
+Selection: `MagNetConfig.magnet_implementation`, read at every forward ([`selects_fast_path`]): `"auto"` (the
+default) takes the fast path on CPU, `"fast"` on every device, `"reference"` never. The module's mode then decides
+what runs ([`uses_fast_path`]), never grad mode: in training mode only the gathered windows, which are differentiable
+and keep timm's dropout and stochastic depth; in eval mode all of it. The eval-mode path computes no gradients: a
+backward through it raises [`FastPathBackwardError`]; load with `"reference"` to differentiate in eval mode.
 
 Sizes: every group and chunk size derives from one cache budget ([`FastPathTuning`]), the CPU's last-level cache as
 the operating system reports it, or `MagNetConfig.cpu_cache_bytes` when set.
@@ -51,25 +52,19 @@ CPU_CACHE_FOLDER = Path("/sys/devices/system/cpu/cpu0/cache")
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def uses_fast_path(config, module: nn.Module, tensor: torch.Tensor) -> bool:
-    """
-    Whether `module` computes `tensor`'s forward on the fast path, from `config.magnet_implementation`: `"reference"`
-    never, `"fast"` always (refused in training mode: the fast path has no dropout, no stochastic depth and no
-    gradients), `"auto"` in eval mode on CPU.
-    """
+def selects_fast_path(config, tensor: torch.Tensor) -> bool:
+    """Whether `config.magnet_implementation` selects the fast path for `tensor`'s device: `"reference"` never,
+    `"fast"` always, `"auto"` on CPU."""
     choice = getattr(config, "magnet_implementation", "auto")
-    if choice == "reference":
-        return False
-    if choice == "fast":
-        if module.training:
-            raise ValueError(
-                "magnet_implementation='fast' is an inference path (no dropout, no stochastic depth, no gradients) "
-                "and this module is in training mode: use 'auto' or 'reference' to train."
-            )
-        return True
-    if choice != "auto":
+    if choice not in MAGNET_IMPLEMENTATIONS:
         raise ValueError(f"magnet_implementation must be one of {MAGNET_IMPLEMENTATIONS}, got {choice!r}.")
-    return not module.training and tensor.device.type == "cpu"
+    return choice == "fast" or (choice == "auto" and tensor.device.type == "cpu")
+
+
+def uses_fast_path(config, module: nn.Module, tensor: torch.Tensor) -> bool:
+    """Whether `module` runs its eval-mode fast path (in-place residuals, chunks, groups) on `tensor`: the fast path
+    is selected ([`selects_fast_path`]) and `module` is in eval mode. Training mode keeps the reference forward."""
+    return not module.training and selects_fast_path(config, tensor)
 
 
 @functools.lru_cache(maxsize=None)

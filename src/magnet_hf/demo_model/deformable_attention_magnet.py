@@ -218,10 +218,10 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
 
         # A few thousand queries of one image at a time, from the position embedding to the output projection: the
         # sampling's temporaries (~100 bytes per sample, 2.4M samples per image at 480x480) stay in cache-sized pieces,
-        # and each chunk's projected output goes straight into its slice of the result.
+        # then joined (slices written into one output would cost autograd a copy of the whole output per chunk).
         samples_per_chunk = FastPathTuning.for_device(hidden_states.device, self.config).samples_per_chunk
         chunk = max(1, samples_per_chunk // (self.n_heads * num_samples))
-        output, all_weights = None, []
+        outputs, all_weights = [], []
         for image in range(batch_size):
             # The image's values, projected and laid out for the gather here: one image's table (20 MB at 480x480)
             # is written and read while it is still in cache.
@@ -250,12 +250,10 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
                     sampled = sample_pixel_coordinates(image_table, spatial_shapes_list, x, y, attention_weights)
                 # Under the caller's autocast, as the unchunked projection was; weights loaded in half precision get
                 # their own dtype.
-                projected = self.output_proj(sampled.to(self.output_proj.weight.dtype))
-                if output is None:
-                    output = projected.new_empty(batch_size, num_queries, projected.shape[-1])
-                output[image : image + 1, start : start + chunk] = projected
+                outputs.append(self.output_proj(sampled.to(self.output_proj.weight.dtype)))
                 if output_attentions:
                     all_weights.append(attention_weights)
+        output = _join_image_major(outputs, batch_size)
         if not output_attentions:
             return output, None
         attention_weights = _join_image_major(all_weights, batch_size)

@@ -66,8 +66,10 @@ from .fast_path_magnet import (
     normalize_over_positions_in_place,
     pixel_decoder_post_attention,
     run_in_groups,
+    selects_fast_path,
     swin_block_forward,
     uses_fast_path,
+    window_attention,
 )
 
 logger = logging.get_logger(__name__)
@@ -168,8 +170,9 @@ class MagNetSwinBlock(GradientCheckpointingLayer, SwinTransformerBlock):
     rolls first and pads after, and clamps the window to small maps; both give different numbers from the released
     weights' training.
 
-    Input and output: `(batch, height, width, channels)`. On the fast path ([`~fast_path_magnet.uses_fast_path`]) the
-    forward is [`~fast_path_magnet.swin_block_forward`] (same numbers, gathered windows, residuals in place).
+    Input and output: `(batch, height, width, channels)`. On the fast path the attention is
+    [`~fast_path_magnet.window_attention`] (same numbers, gathered windows, differentiable), and in eval mode the
+    whole forward is [`~fast_path_magnet.swin_block_forward`] (residuals in place, MLP in chunks).
 
     A transformers `GradientCheckpointingLayer`: `gradient_checkpointing_enable()` checkpoints every block with the
     settings it is given (`use_reentrant` included), as it does BERT's layers.
@@ -204,6 +207,8 @@ class MagNetSwinBlock(GradientCheckpointingLayer, SwinTransformerBlock):
 
     def _attn(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # hidden_states: (batch, height, width, channels), normalised by norm1. The released order: pad, then shift.
+        if selects_fast_path(self.config, hidden_states):
+            return window_attention(self, hidden_states)
         _, height, width, channels = hidden_states.shape
         padded_height, padded_width = self._padded_size(height, width)
         padded = F.pad(hidden_states, (0, 0, 0, padded_width - width, 0, padded_height - height))
