@@ -27,7 +27,10 @@ def tiny_config(**overrides) -> MagNetConfig:
 
 
 def tiny_model(seed: int = 0, **overrides) -> MagNetForReferringSegmentation:
+    # Eval mode, so that gradients are deterministic (no dropout): the reference modules, which the fast path's
+    # eval-mode computation (no gradients) is not.
     torch.manual_seed(seed)
+    overrides.setdefault("magnet_implementation", "reference")
     return MagNetForReferringSegmentation(tiny_config(**overrides)).eval()
 
 

@@ -15,7 +15,9 @@ MASK_TOKEN_ID = 4
 
 def tiny_model(seed: int = 0, **overrides) -> MagNetForReferringSegmentation:
     torch.manual_seed(seed)
-    # eval(): no dropout or drop-path, so that two forwards can be compared bit for bit
+    # eval(): no dropout or drop-path, so that two forwards can be compared bit for bit; the reference modules, which
+    # (unlike the fast path's eval-mode computation) give gradients in eval mode
+    overrides.setdefault("magnet_implementation", "reference")
     return MagNetForReferringSegmentation(MagNetConfig.from_preset("magnet-tiny", **overrides)).eval()
 
 
