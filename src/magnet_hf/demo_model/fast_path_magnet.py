@@ -1,6 +1,6 @@
 # Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
-"""MagNet's fast inference path: the same numbers as the reference modules of `modeling_magnet.py`, computed with
-less memory traffic on CPU.
+"""MagNet's fast path: the same numbers as the reference modules of `modeling_magnet.py`, computed with less memory
+traffic on CPU.
 
 What it does, and why each pays on a CPU:
 
@@ -8,9 +8,9 @@ What it does, and why each pays on a CPU:
   large as keeps the module's largest per-pixel tensor within a cache-sized budget. Large maps (Swin stages 1-2 and
   the pixel decoder at 480x480) go one image at a time, small ones several at a time, where batching amortises
   reading the weights.
-- **Gathered windows** ([`swin_block_forward`]): Swin's zero padding, cyclic shift and window partition are one row
-  gather with an index built once per map size, and the way back one more; the qkv and output projections run on
-  the real tokens only (a zero-padded token projects to the qkv bias).
+- **Gathered windows** ([`window_attention`], differentiable): Swin's zero padding, cyclic shift and window
+  partition are one row gather with an index built once per map size, and the way back one more; the qkv and output
+  projections run on the real tokens only (a zero-padded token projects to the qkv bias).
 - **In-place residuals and chunking**: residuals are added into fresh outputs, and the Swin MLP, the pixel decoder's
   FFN and the language fusion's instance norms run a cache-sized chunk of tokens at a time, so that each large
   tensor is written once.
