@@ -3,7 +3,7 @@
 """Re-writes the embedded demo model's config, processor files and Hub remote code from the current source; the
 weights stay untouched.
 
-    python scripts/refresh_demo_model_code.py [--folder src/magnet_hf/demo_model]
+    python scripts/refresh_demo_model_code.py [--folder src/magnet_hf/demo/demo_model]
 
 The embedded folder carries copies of the `*_magnet.py` modules so that `pipeline(model=folder,
 trust_remote_code=True)` works in a process that never imports magnet_hf; `tests/test_demo_model.py` fails when
@@ -52,7 +52,7 @@ def refresh(folder: Path) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--folder", type=Path, default=Path(magnet_hf.__file__).parent / "demo_model")
+    parser.add_argument("--folder", type=Path, default=Path(magnet_hf.__file__).parent / "demo" / "demo_model")
     args = parser.parse_args()
     written = refresh(args.folder)
     print(f"Wrote {', '.join(written)} to {args.folder}; weights unchanged.")

@@ -1,4 +1,4 @@
-"""Tests for `magnet_hf.benchmark` (tiny preset, CPU) and the fast kernels it measures (gather-based deformable
+"""Tests for `magnet_hf.commands.benchmark` (tiny preset, CPU) and the fast kernels it measures (gather-based deformable
 sampling, SDPA window attention), each checked against the reference computation it replaces."""
 
 import json
@@ -13,8 +13,9 @@ from transformers.models.mask2former.modeling_mask2former import (
     multi_scale_deformable_attention,
 )
 
-from magnet_hf import benchmark, deformable_attention_magnet, modeling_magnet
-from magnet_hf.benchmark import CONFIGURATION_KEYS, BenchmarkSettings, run_benchmark, write_json
+from magnet_hf import deformable_attention_magnet, modeling_magnet
+from magnet_hf.commands import benchmark
+from magnet_hf.commands.benchmark_measure import CONFIGURATION_KEYS, BenchmarkSettings, run_benchmark, write_json
 from magnet_hf.deformable_attention_magnet import (
     MagNetMultiscaleDeformableAttention,
     multi_scale_deformable_attention_gather,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from magnet_hf.model_cards import (
+from magnet_hf.hub.model_cards import (
     PUBLISHED_OIOU,
     RELEASED_CHECKPOINTS,
     ModelCardError,
@@ -23,7 +23,7 @@ CARDS = Path(__file__).resolve().parents[1] / "model_cards"
 @pytest.mark.parametrize("checkpoint", RELEASED_CHECKPOINTS, ids=lambda c: c.name)
 def test_released_cards_are_current_and_carry_the_published_numbers(checkpoint):
     path = CARDS / f"{checkpoint.name}.md"
-    assert path.read_text() == released_checkpoint_card(checkpoint), "regenerate model_cards/ from magnet_hf.model_cards"
+    assert path.read_text() == released_checkpoint_card(checkpoint), "regenerate model_cards/ from magnet_hf.hub.model_cards"
     card = ModelCard.load(path)
     assert card.data.license == "agpl-3.0" and "AGPL-3.0" in card.text
     assert checkpoint.weight_file in card.text and "scripts/evaluate.py" in card.text

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from magnet_hf.commands.train import main as train_main
+from magnet_hf.commands.train import parse_args
 from magnet_hf.data.tokenizer import train_wordpiece_tokenizer
 from magnet_hf.training import (
     PolyWithWarmup,
@@ -17,11 +19,9 @@ from magnet_hf.training import (
     latest_checkpoint,
     list_checkpoints,
     no_decay_parameter_names,
-    parse_args,
     save_checkpoint,
     save_pretrained_atomic,
 )
-from magnet_hf.training.cli import main as train_main
 
 SENTENCES = ["the small red circle", "the second triangle from the left", "the biggest green shape", "the blue square"]
 
@@ -205,6 +205,7 @@ def test_cli_rejects_a_missing_dataset_folder(tmp_path, capsys):
 
 
 def test_ablation_runs_every_variant_and_seed_and_reports_held_out_numbers(tmp_path, monkeypatch, capsys):
+    from magnet_hf.commands import ablate
     from magnet_hf.training import ablation
 
     variants = ablation.ablation_variants()
@@ -231,7 +232,7 @@ def test_ablation_runs_every_variant_and_seed_and_reports_held_out_numbers(tmp_p
     monkeypatch.setattr(ablation, "score_heldout", fake_score)
     argv = ["--dataset", "synthetic", "--preset", "magnet-tiny", "--output-dir", str(tmp_path), "--seeds", "0", "1",
             "--bootstrap", "200"]  # fmt: skip
-    assert ablation.main(argv) == 0
+    assert ablate.main(argv) == 0
     report = capsys.readouterr().out
     assert sorted(calls) == sorted((f"{name}-seed{seed}", seed, overrides, None) for name, overrides in variants.items() for seed in (0, 1))
     assert "| full | 60.0, 60.0 | 60.0 ± 0.0 | – | 0.500 | 1.00 |" in report
@@ -240,9 +241,9 @@ def test_ablation_runs_every_variant_and_seed_and_reports_held_out_numbers(tmp_p
     assert "| val oIoU | 10.5 | 20.5 |" in report  # the full model's curve, mean over seeds
     assert (tmp_path / "ablation.md").read_text().strip() == report.split("\nreport written to")[0].strip()
     calls.clear()
-    assert ablation.main(argv) == 0 and calls == []  # finished runs are read back, not retrained
-    assert ablation.main([*argv, "--no-mask-grounding"]) == 2
-    assert ablation.main([*argv, "--heldout-seed", "0"]) == 2  # the training scenes' seed
+    assert ablate.main(argv) == 0 and calls == []  # finished runs are read back, not retrained
+    assert ablate.main([*argv, "--no-mask-grounding"]) == 2
+    assert ablate.main([*argv, "--heldout-seed", "0"]) == 2  # the training scenes' seed
 
 
 def test_ablation_bootstrap_intervals_are_paired_over_expressions():

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..files import write_json_atomically
 from .arguments import TrainingArguments, TrainingError
 from .checkpoints import (
     BEST_DIR,
@@ -38,7 +39,6 @@ from .checkpoints import (
     save_checkpoint,
     save_final_model,
     save_pretrained_atomic,
-    write_json_atomic,
 )
 from .optimization import build_optimizer_and_scheduler
 from .state import NonFiniteStateError, load_training_state, save_training_state
@@ -505,7 +505,7 @@ class _Run:
         args, accelerator, state = self.args, self.accelerator, self.state
         self.last_checkpoint = self.checkpoint
         if accelerator.is_main_process:
-            write_json_atomic(dataclasses.asdict(args), self.output / "training_args.json")
+            write_json_atomically(self.output / "training_args.json", dataclasses.asdict(args), sort_keys=True)
         if _trackers(args.report_to):
             accelerator.init_trackers("magnet_hf", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
         self.model.train()
