@@ -15,6 +15,7 @@ from .arguments import DEFAULT_LEARNING_RATES, TrainingArguments, TrainingError
 from .checkpoints import latest_checkpoint, list_checkpoints, save_checkpoint, save_pretrained_atomic
 from .optimization import PolyWithWarmup, build_optimizer_and_scheduler, no_decay_parameter_names, parameter_groups
 from .trainer import NonFiniteLossError, TrainingResult, train
+from .trainer_state import TrainerState
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
@@ -22,6 +23,7 @@ __all__ = [
     "PolyWithWarmup",
     "TrainingArguments",
     "TrainingError",
+    "TrainerState",
     "TrainingResult",
     "ablation_variants",
     "build_optimizer_and_scheduler",

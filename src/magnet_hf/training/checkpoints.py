@@ -17,7 +17,6 @@ none: `latest_checkpoint` only considers folders named `step-NNNNNN` that hold `
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -35,11 +34,12 @@ from ..files import (
     write_json_atomically,
 )
 
+from .trainer_state import TRAINER_STATE, TrainerState
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
-TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
@@ -66,25 +66,12 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def read_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """The loop state saved with a checkpoint.
-
-    Raises:
-        TrainingError: the file is missing, not JSON, or lacks a whole `global_step`.
-    """
-    from .arguments import TrainingError
-
-    path = Path(checkpoint) / TRAINER_STATE
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TrainingError(f"{path} is unreadable or not JSON ({error}).") from None
-    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int) or state["global_step"] < 0:
-        raise TrainingError(f"{path} has no non-negative integer 'global_step'; it is not a trainer state.")
-    return state
+def read_trainer_state(checkpoint: str | os.PathLike) -> TrainerState:
+    """The loop state saved with a checkpoint (`TrainerState.load`; raises `TrainingError`)."""
+    return TrainerState.load(checkpoint)
 
 
-def check_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
+def check_checkpoint(checkpoint: str | os.PathLike) -> TrainerState:
     """Reads a checkpoint's trainer state and every file of its training state; returns the trainer state.
 
     Raises:
@@ -93,8 +80,7 @@ def check_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
     from .state import check_training_state
 
     state = read_trainer_state(checkpoint)
-    processes = state.get("num_processes", 1)
-    check_training_state(Path(checkpoint), num_processes=processes if isinstance(processes, int) and processes > 0 else 1)
+    check_training_state(Path(checkpoint), num_processes=state.num_processes)
     return state
 
 
@@ -116,7 +102,7 @@ def save_checkpoint(
     accelerator: Any,
     output_dir: str | os.PathLike,
     step: int,
-    trainer_state: dict[str, Any],
+    trainer_state: TrainerState,
     write_extras: Callable[[Path], None],
     write_state: Callable[[Path], None],
     total_limit: int | None = None,
@@ -127,7 +113,7 @@ def save_checkpoint(
         accelerator: the run's `Accelerator` (for the process rank and the barriers).
         output_dir: the run's output folder.
         step: optimizer steps done.
-        trainer_state: JSON-able loop state (step, epoch, best metric, log history); written last, so its presence
+        trainer_state: the loop state (step, epoch, best metric, log history); written last, so its presence
             marks a complete folder.
         write_extras: called on the main process with the temporary folder, to add the processor, config, ...
         write_state: called on every process with the temporary folder to write its part of the training state
@@ -152,7 +138,7 @@ def save_checkpoint(
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_extras(temporary)
-            write_json_atomically(temporary / TRAINER_STATE, trainer_state, sync=True, sort_keys=True)
+            write_json_atomically(temporary / TRAINER_STATE, trainer_state.to_dict(), sync=True, sort_keys=True)
             # An existing `final` is the same step saved again (e.g. resumed at a checkpoint and stopped at once).
             replace_directory(temporary, final, sync=True)
     except BaseException:
