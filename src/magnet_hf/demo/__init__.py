@@ -5,6 +5,7 @@
   written as mask and overlay PNGs (`segment_to_files`).
 - `synthetic_demo`: the offline demo on synthetic scenes (`run_demo`), scored and drawn on a contact sheet.
 - `overlay`: the drawing (tinted masks, outlines, captions, contact sheets).
+- `packing`: the embedded `demo_model/` folder packed from a training run, and its copied remote code refreshed.
 
 The command lines are `magnet-hf segment` and `magnet-hf demo` (`magnet_hf.commands`).
 """
