@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from magnet_hf import MagNetConfig, MagNetForReferringSegmentation
+from magnet_hf.commands.convert import main
 from magnet_hf.hub.conversion import (
     ConversionError,
     _is_dropped,
     convert_official_checkpoint,
     convert_state_dict,
     is_training_only,
-    main,
 )
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
