@@ -50,7 +50,8 @@ def test_packed_folder_loads_in_float32_from_float16_weights_without_mask_ground
     assert (destination / "stale.bin").read_bytes() == b"old"
 
     packed = pack_demo_model(trained_folder, destination, overwrite=True)
-    head = [key for key in tiny_model.state_dict() if key.startswith("mask_grounding.")]
+    with safe_open(str(trained_folder / "model.safetensors"), framework="pt") as saved:
+        head = [key for key in saved.keys() if key.startswith("mask_grounding.")]  # tied weights are saved once
     assert head and packed["dropped_tensors"] == len(head)
     with safe_open(str(destination / "model.safetensors"), framework="pt") as saved:
         keys = list(saved.keys())

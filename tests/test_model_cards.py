@@ -48,7 +48,7 @@ def test_trained_card_is_filled_from_evaluation_json(tmp_path):
         replacements={"<model-name>": "magnet-ft", "<training-command>": "python scripts/train.py ..."},
     )
     card = ModelCard.load(output)
-    assert "# magnet-ft" in card.text and "<model-name>" not in card.text
+    assert "# magnet-ft" in card.text and "<model-name>" not in card.text and card.data.model_name == "magnet-ft"
     values = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert values[("val", "overall_iou")] == 70.12 and values[("testA", "overall_iou")] == 73.45
     assert values[("val", "precision@0.5")] == 70.0

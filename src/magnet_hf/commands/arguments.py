@@ -91,7 +91,7 @@ def _value_type(field: dataclasses.Field, element: Any) -> Callable[[str], Any] 
 
 def _add_field(parser: argparse.ArgumentParser, containers: dict[str, Any], field: dataclasses.Field, hint: Any) -> None:
     metadata = field.metadata
-    kind, optional = _plain_type(hint)
+    kind, _ = _plain_type(hint)  # `None` is only ever the default: argparse leaves an absent flag at it
     origin = typing.get_origin(kind)
     flag = metadata.get("flag", "--" + field.name.replace("_", "-"))
     options: dict[str, Any] = {"dest": field.name, "help": metadata.get("help")}
@@ -135,7 +135,6 @@ def _add_field(parser: argparse.ArgumentParser, containers: dict[str, Any], fiel
     value_type = _value_type(field, element)
     if value_type is not None:
         options["type"] = value_type
-    del optional  # `None` is only ever the default: argparse leaves an absent flag at it
     container.add_argument(flag, **options)
 
 

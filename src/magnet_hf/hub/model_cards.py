@@ -249,6 +249,8 @@ def card_from_evaluations(
     for placeholder, value in (replacements or {}).items():
         text = text.replace(placeholder, value)
     card = ModelCard(text)
+    if not card.data.model_name:  # a model-index needs one
+        card.data.model_name = (replacements or {}).get("<model-name>") or output.parent.resolve().name
     for dataset, split, resolution, metrics in results:
         add_evaluation_results(card, metrics, dataset=dataset, split=split, resolution=resolution)
     return write_text_atomically(output, str(card))
