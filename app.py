@@ -22,15 +22,15 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from magnet_hf.argtypes import positive_int
-from magnet_hf.demo import (
+from magnet_hf.commands.arguments import checked_number
+from magnet_hf.demo.segmentation import (
     DEMO_MODEL_NOTE,
     DEMO_SCENE_SEED,
     DemoModelMissingError,
     SegmentationCommandError,
     load_segmenter,
-    pick_demo_scenes,
 )
+from magnet_hf.demo.synthetic_demo import pick_demo_scenes
 
 #: Largest upload accepted; bigger files are refused by the server before they reach the model.
 MAX_UPLOAD_SIZE = "20mb"
@@ -53,7 +53,7 @@ def make_segment_function(segmenter):
     import gradio as gr
 
     from magnet_hf.image_processing_magnet import MagNetImageError, load_image_as_rgb
-    from magnet_hf.overlay import overlay_mask
+    from magnet_hf.demo.overlay import overlay_mask
 
     def segment(image, text):
         # Gradio's own decoding is off for this endpoint (preprocess=False: it would turn an unreadable upload into a
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Spaces tell the app where to listen through these variables.
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to listen on")
     parser.add_argument(
-        "--port", type=positive_int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="port (default 7860)"
+        "--port", type=checked_number(int, minimum=1), default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="port (default 7860)"
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: the first GPU if any)")
     return parser

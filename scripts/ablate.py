@@ -8,7 +8,7 @@ seed, score every run on held-out synthetic scenes and print the report (also wr
 
 import sys
 
-from magnet_hf.training.ablation import main
+from magnet_hf.commands.ablate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ Example:
 
 import sys
 
-from magnet_hf.conversion import main
+from magnet_hf.commands.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@ Several:         accelerate launch scripts/evaluate.py --model DIR --dataset DIR
 
 import sys
 
-from magnet_hf.evaluation import main
+from magnet_hf.commands.evaluate import main
 
 
 if __name__ == "__main__":

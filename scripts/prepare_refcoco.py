@@ -9,7 +9,7 @@ Example::
 
 import sys
 
-from magnet_hf.data.cli import main
+from magnet_hf.commands.prepare_data import main
 
 if __name__ == "__main__":
     sys.exit(main())

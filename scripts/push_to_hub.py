@@ -9,7 +9,7 @@
 
 import sys
 
-from magnet_hf.hub import main
+from magnet_hf.commands.push_to_hub import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ Several (CPU):     python -m torch.distributed.run --nproc_per_node 2 scripts/tr
 
 import sys
 
-from magnet_hf.training.cli import main
+from magnet_hf.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

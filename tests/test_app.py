@@ -87,7 +87,7 @@ def served_app(tmp_path_factory):
 def scene(tmp_path_factory):
     """An unseen synthetic scene that is not square (so "at the image's size" is checked), saved as PNG."""
     from magnet_hf.data.synthetic import generate_scene
-    from magnet_hf.demo import DEMO_SCENE_SEED
+    from magnet_hf.demo.segmentation import DEMO_SCENE_SEED
 
     scene = generate_scene(DEMO_SCENE_SEED, 7, (120, 168))
     path = tmp_path_factory.mktemp("scene") / "scene.png"
@@ -99,7 +99,7 @@ def scene(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_result(scene):
     """What the embedded model's pipeline gives in this process for the scene: the app must return the same."""
-    from magnet_hf.demo import load_segmenter
+    from magnet_hf.demo.segmentation import load_segmenter
 
     path, expression = scene
     result = load_segmenter(None, device="cpu")(Image.open(path).convert("RGB"), text=expression)[0]
@@ -116,7 +116,7 @@ def _load_app_module():
 def test_segment_endpoint_returns_overlay_mask_and_score_at_the_image_size(served_app, scene, local_result, tmp_path):
     from gradio_client import Client, handle_file
 
-    from magnet_hf.overlay import overlay_mask
+    from magnet_hf.demo.overlay import overlay_mask
 
     path, expression = scene
     client = Client(served_app, verbose=False, download_files=str(tmp_path))

@@ -1,5 +1,5 @@
-"""Tests for `magnet_hf.benchmark` (tiny preset, CPU). The fast kernels it measures are checked against the reference
-computations they replace in test_fast_path.py."""
+"""Tests for `magnet_hf.commands.benchmark` (tiny preset, CPU). The fast kernels it measures are checked against the
+reference computations they replace in test_fast_path.py."""
 
 import json
 import math
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from magnet_hf import benchmark
-from magnet_hf.benchmark import CONFIGURATION_KEYS, BenchmarkSettings, run_benchmark, write_json
+from magnet_hf.commands import benchmark
+from magnet_hf.commands.benchmark_measure import CONFIGURATION_KEYS, BenchmarkSettings, run_benchmark, write_json
 
 
 # --------------------------------------------------------------------------------------------------------------------

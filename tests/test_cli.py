@@ -11,10 +11,11 @@ import pytest
 from pipeline_fixtures import save_model_folder, scene_images
 from PIL import Image
 
-from magnet_hf import demo as demo_module
-from magnet_hf.cli import main
+from magnet_hf.demo import segmentation as demo_module
+from magnet_hf.demo.synthetic_demo import DEMO_MANIFEST
+from magnet_hf.commands.magnet_hf_cli import main
 from magnet_hf.data.synthetic import generate_scene
-from magnet_hf.overlay import MASK_TINT, caption_box
+from magnet_hf.demo.overlay import MASK_TINT, caption_box
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_segment_writes_a_mask_and_an_overlay_per_expression(model_folder, image
     image = Image.open(image_file).convert("RGB")
     pixels = np.asarray(image).astype(int)
 
-    from magnet_hf.demo import load_segmenter
+    from magnet_hf.demo.segmentation import load_segmenter
 
     direct = load_segmenter(str(model_folder), device="cpu")(image, text=expressions)
     for index, (text, result) in enumerate(zip(expressions, direct)):
@@ -195,7 +196,7 @@ def test_demo_prints_iou_and_kind_of_every_expression_and_names_the_contact_shee
 
 
 def _folder_state(folder):
-    return {path.name: path.read_bytes() for path in folder.iterdir() if path.name != demo_module.DEMO_MANIFEST}
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.name != DEMO_MANIFEST}
 
 
 def test_demo_reruns_in_its_own_folder_and_never_touches_other_files(model_folder, tmp_path, capsys):
@@ -244,7 +245,7 @@ def test_wrapped_commands_hand_over_their_arguments(tmp_path, capsys):
 
 def test_module_entry_point_exits_non_zero_on_bad_input(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "magnet_hf.cli", "segment", "--image", str(tmp_path / "missing.png"), "--text", "x",
+        [sys.executable, "-m", "magnet_hf.commands.magnet_hf_cli", "segment", "--image", str(tmp_path / "missing.png"), "--text", "x",
          "--output", str(tmp_path / "out")],
         capture_output=True, text=True,
     )

@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from magnet_hf import MagNetConfig, MagNetForReferringSegmentation
-from magnet_hf.conversion import (
+from magnet_hf.commands.convert import main
+from magnet_hf.hub.conversion import (
     ConversionError,
     _is_dropped,
     convert_official_checkpoint,
     convert_state_dict,
     is_training_only,
-    main,
 )
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,7 +192,7 @@ def test_cli_defaults_take_the_checkpoint_and_tokenizer_from_the_hub_cache_offli
     _hub_cache_with(cache, "someone/magnet_weights", [fixture_checkpoint(official_fixtures)])
     _hub_cache_with(cache, "bert-base-uncased", list(tokenizer_dir.iterdir()))
     env = {**os.environ, "PYTHONPATH": os.path.join(REPOSITORY, "src"), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "magnet_hf.cli", "convert", "--official-config", str(fixture_config(official_fixtures))]
+    command = [sys.executable, "-m", "magnet_hf.commands.magnet_hf_cli", "convert", "--official-config", str(fixture_config(official_fixtures))]
     result = subprocess.run(
         command + ["--checkpoint", "someone/magnet_weights:official_state_dict.safetensors", "--output", str(tmp_path / "out")],
         capture_output=True, text=True, env=env,
@@ -225,8 +225,8 @@ def test_missing_tokenizer_is_explained_with_the_flags_to_use(official_fixtures,
 
 
 def test_released_file_names_get_their_released_card(tmp_path):
-    from magnet_hf.conversion import converted_model_card
-    from magnet_hf.model_cards import RELEASED_CHECKPOINTS, released_checkpoint_card
+    from magnet_hf.hub.conversion import converted_model_card
+    from magnet_hf.hub.model_cards import RELEASED_CHECKPOINTS, released_checkpoint_card
 
     released = RELEASED_CHECKPOINTS[0]
     assert converted_model_card(tmp_path / released.weight_file) == released_checkpoint_card(released)

@@ -15,7 +15,7 @@ from data_fixtures import make_refer_tree, reference_mask
 from datasets import DatasetDict, load_from_disk
 
 from magnet_hf.data import ReferDataError, build_refer_dataset, explode_sentences, prepare_refer_dataset
-from magnet_hf.data.cli import main
+from magnet_hf.commands.prepare_data import main
 
 REPO = Path(__file__).resolve().parents[1]
 # pycocotools (used by the reference masks) warns on every decode under numpy 2

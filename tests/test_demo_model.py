@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from magnet_hf.cli import main
-from magnet_hf.demo import demo_model_path
+from magnet_hf.commands.magnet_hf_cli import main
+import magnet_hf
+from magnet_hf.demo.segmentation import demo_model_path
 
 #: Mean IoU that `magnet-hf demo` (default scenes) must print; README and model card state it (measured 0.450 over the
 #: 8 expressions of 2 scenes).
@@ -22,7 +24,8 @@ def test_embedded_model_fits_the_package_budget_and_carries_its_card():
     # package's own modules, or the two ways of loading the same folder would run different code.
     copies = sorted(folder.glob("*.py"))
     assert {path.name for path in copies} >= {"modeling_magnet.py", "pipeline_magnet.py", "processing_magnet.py"}
-    stale = [path.name for path in copies if path.read_bytes() != (folder.parent / path.name).read_bytes()]
+    package = Path(magnet_hf.__file__).parent
+    stale = [path.name for path in copies if path.read_bytes() != (package / path.name).read_bytes()]
     assert not stale, f"{stale} differ from the package's modules; run python scripts/refresh_demo_model_code.py"
 
 

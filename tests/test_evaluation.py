@@ -12,7 +12,9 @@ from PIL import Image
 
 from magnet_hf import MagNetConfig, MagNetForReferringSegmentation
 from magnet_hf.data import build_synthetic_dataset, explode_sentences
-from magnet_hf.evaluation import EvaluationError, evaluate_referring_segmentation, main, update_model_card
+from magnet_hf.commands.evaluate import main
+from magnet_hf.evaluation.evaluator import EvaluationError, evaluate_referring_segmentation
+from magnet_hf.hub.model_cards import update_model_card
 
 # Non-square images, so that "original" and "released" scoring really differ.
 IMAGE_HW = (96, 112)
@@ -223,7 +225,7 @@ def test_two_processes_give_the_single_process_numbers(model_dir, dataset_dir, d
 
 
 def test_synthetic_evaluation_defaults_to_scenes_training_never_drew():
-    from magnet_hf.evaluation import load_evaluation_split
+    from magnet_hf.evaluation.evaluator import load_evaluation_split
 
     def fingerprints(split):
         return {np.asarray(image.convert("RGB")).tobytes() for image in split["image"]}
@@ -239,7 +241,7 @@ def test_synthetic_evaluation_defaults_to_scenes_training_never_drew():
 def test_synthetic_evaluation_reports_each_expression_kind(model_dir, model, tiny_processor, tmp_path, capsys):
     from magnet_hf.data import expression_kind
     from magnet_hf.data.synthetic import EXPRESSION_KINDS
-    from magnet_hf.evaluation import load_evaluation_split
+    from magnet_hf.evaluation.evaluator import load_evaluation_split
 
     output = tmp_path / "kinds.json"
     arguments = ["--model", str(model_dir), "--dataset", "synthetic", "--synthetic-images", "4", "--synthetic-seed", "3"]

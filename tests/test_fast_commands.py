@@ -40,10 +40,10 @@ def _imported_modules(importtime_log: str) -> set[str]:
     ],
 )
 def test_help_and_argument_errors_import_no_torch(arguments, status):
-    result = _run(["-X", "importtime", "-m", "magnet_hf.cli", *arguments])
+    result = _run(["-X", "importtime", "-m", "magnet_hf.commands.magnet_hf_cli", *arguments])
     assert result.returncode == status, result.stderr[-2000:]
     modules = _imported_modules(result.stderr)
-    assert {"magnet_hf", "magnet_hf.argtypes"} <= modules  # the log is the one of this command
+    assert {"magnet_hf", "magnet_hf.commands.arguments"} <= modules  # the log is the one of this command
     assert not {"torch", "transformers", "torchvision", "timm"} & modules
     assert ("usage:" in result.stdout) if status == 0 else ("usage:" in result.stderr or "error:" in result.stderr)
 

@@ -22,8 +22,8 @@ from PIL import Image
 
 from magnet_hf import exit_status
 from magnet_hf.data import ReferDataError, decode_segmentation, prepare_refer_dataset
-from magnet_hf.training import parse_args
-from magnet_hf.training.cli import main as train_main
+from magnet_hf.commands.train import main as train_main
+from magnet_hf.commands.train import parse_args
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 QUIET = ["--no-progress", "--report-to", "none"]
@@ -137,19 +137,19 @@ def test_train_overwrite_refuses_an_output_holding_the_model_to_fine_tune(model_
 
 
 def test_push_local_dir_that_holds_the_model_is_refused(model_folder, tmp_path, capsys):
-    from magnet_hf.hub import main as push_main
+    from magnet_hf.commands.push_to_hub import main as push_main
 
     parent = tmp_path / "work"
     model = parent / "models" / "m"
     shutil.copytree(model_folder, model)
     (model / "README.md").write_text("# card\n")
     code = push_main(["--model", str(model), "--repo", "me/m", "--local-dir", str(parent), "--overwrite"])
-    assert code == exit_status.BAD_INPUT and "holds --model" in capsys.readouterr().err
+    assert code == exit_status.BAD_INPUT and "holds the input of --model" in capsys.readouterr().err
     assert (model / "model.safetensors").is_file()
 
 
 def test_push_refuses_a_card_that_is_not_markdown_and_a_dangling_output_link(model_folder, tmp_path):
-    from magnet_hf.hub import HubPublishError, build_hub_folder
+    from magnet_hf.hub.publishing import HubPublishError, build_hub_folder
 
     secret = tmp_path / "passwd"
     secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
@@ -165,7 +165,7 @@ def test_push_refuses_a_card_that_is_not_markdown_and_a_dangling_output_link(mod
 
 
 def test_replacing_a_linked_folder_leaves_no_backup_link_behind(tmp_path):
-    from magnet_hf.atomic import replace_directory
+    from magnet_hf.files import replace_directory
 
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "keep.txt").write_text("kept")
@@ -334,7 +334,7 @@ def _rewrite(tree, refs_edit=None, instances_edit=None):
     ],
 )
 def test_bad_refs_and_instances_end_in_one_line_errors(tmp_path, capsys, refs_edit, instances_edit, message):
-    from magnet_hf.data.cli import main as prepare_main
+    from magnet_hf.commands.prepare_data import main as prepare_main
 
     tree = make_refer_tree(tmp_path)
     _rewrite(tree, refs_edit, instances_edit)
@@ -372,7 +372,7 @@ def _broken_model(model_folder: Path, tmp_path: Path, kind: str, marker: Path) -
 
 @pytest.mark.parametrize("kind", ["pickle", "truncated", "shape", "vocab0", "hidden_neg", "hidden_str"])
 def test_segment_on_a_broken_model_folder_is_a_one_line_error(model_folder, tmp_path, capsys, kind):
-    from magnet_hf.cli import main
+    from magnet_hf.commands.magnet_hf_cli import main
 
     marker = tmp_path / "payload-ran"
     folder = _broken_model(model_folder, tmp_path, kind, marker)
@@ -385,7 +385,7 @@ def test_segment_on_a_broken_model_folder_is_a_one_line_error(model_folder, tmp_
 
 
 def test_push_on_a_planted_pickle_model_is_a_one_line_error(model_folder, tmp_path, capsys):
-    from magnet_hf.hub import main as push_main
+    from magnet_hf.commands.push_to_hub import main as push_main
 
     marker = tmp_path / "payload-ran"
     folder = _broken_model(model_folder, tmp_path, "pickle", marker)
@@ -397,7 +397,7 @@ def test_push_on_a_planted_pickle_model_is_a_one_line_error(model_folder, tmp_pa
 
 
 def test_converter_refuses_a_zero_vocabulary_and_nan_or_integer_weights():
-    from magnet_hf.conversion import MAGNET_BASE_BUILD_ARGUMENTS, ConversionError, _check_weight_values, config_from_official
+    from magnet_hf.hub.conversion import MAGNET_BASE_BUILD_ARGUMENTS, ConversionError, _check_weight_values, config_from_official
 
     with pytest.raises(ConversionError, match="positive integers"):
         config_from_official({**MAGNET_BASE_BUILD_ARGUMENTS, "vocab": 0})
@@ -424,8 +424,8 @@ def test_out_of_disk_and_memory_end_with_their_own_status(capsys):
 
 
 def test_segment_checks_that_the_output_is_writable_before_running_the_model(model_folder, tmp_path, monkeypatch, capsys):
-    from magnet_hf import atomic
-    from magnet_hf.cli import main
+    from magnet_hf import files as atomic
+    from magnet_hf.commands.magnet_hf_cli import main
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -454,7 +454,7 @@ def test_pipeline_refuses_dtypes_it_would_silently_run_in_fp32(dtype):
 
 
 def test_an_expression_of_control_and_zero_width_characters_is_refused(model_folder, tmp_path, capsys):
-    from magnet_hf.cli import main
+    from magnet_hf.commands.magnet_hf_cli import main
 
     image = tmp_path / "image.png"
     Image.new("RGB", (40, 30)).save(image)

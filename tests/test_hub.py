@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from pipeline_fixtures import run_without_magnet_hf, save_model_folder, scene_images
 
-from magnet_hf.hub import HubPublishError, build_hub_folder, main, push_folder_to_hub, validate_repo_id
+from magnet_hf.commands.push_to_hub import main
+from magnet_hf.hub.publishing import HubPublishError, build_hub_folder, push_folder_to_hub, validate_repo_id
 
 CARD = "---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n\n# test card\n"
 
@@ -74,7 +75,7 @@ def test_uploaded_folder_runs_the_pipeline_in_a_fresh_process(hub_folder, model_
     result = run_without_magnet_hf(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "['the red circle', 'the big square']" in result.stdout
-    from magnet_hf.demo import load_segmenter
+    from magnet_hf.demo.segmentation import load_segmenter
 
     local = load_segmenter(str(model_folder), device="cpu")(image, text=["the red circle", "the big square"])
     remote = np.load(tmp_path / "masks.npy")
@@ -182,7 +183,7 @@ def test_without_a_card_a_basic_one_is_written_with_the_training_metrics(model_f
 
     from huggingface_hub import ModelCard
 
-    from magnet_hf.hub import write_basic_card
+    from magnet_hf.hub.publishing import write_basic_card
 
     trained = tmp_path / "trained"
     shutil.copytree(model_folder, trained)

@@ -1,10 +1,10 @@
-"""Tests for `magnet_hf.metrics` (library function, streaming metric, torch counting, table)."""
+"""Tests for `magnet_hf.evaluation.metrics` (library function, streaming metric, torch counting, table)."""
 
 import numpy as np
 import pytest
 import torch
 
-from magnet_hf.metrics import (
+from magnet_hf.evaluation.metrics import (
     ReferringSegmentationMetric,
     batched_intersection_and_union,
     format_metrics_table,

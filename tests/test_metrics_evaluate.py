@@ -1,4 +1,4 @@
-"""Tests for the packaged `evaluate` module: offline loading and agreement with `magnet_hf.metrics`."""
+"""Tests for the packaged `evaluate` module: offline loading and agreement with `magnet_hf.evaluation.metrics`."""
 
 import re
 import socket
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from magnet_hf.metrics import (
+from magnet_hf.evaluation.metrics import (
     EVALUATE_METRIC_PATH,
     ReferringSegmentationMetric,
     batched_intersection_and_union,

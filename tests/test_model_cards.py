@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from magnet_hf.model_cards import (
+from magnet_hf.hub.model_cards import (
     PUBLISHED_OIOU,
     RELEASED_CHECKPOINTS,
     ModelCardError,
@@ -23,7 +23,7 @@ CARDS = Path(__file__).resolve().parents[1] / "model_cards"
 @pytest.mark.parametrize("checkpoint", RELEASED_CHECKPOINTS, ids=lambda c: c.name)
 def test_released_cards_are_current_and_carry_the_published_numbers(checkpoint):
     path = CARDS / f"{checkpoint.name}.md"
-    assert path.read_text() == released_checkpoint_card(checkpoint), "regenerate model_cards/ from magnet_hf.model_cards"
+    assert path.read_text() == released_checkpoint_card(checkpoint), "regenerate model_cards/ from magnet_hf.hub.model_cards"
     card = ModelCard.load(path)
     assert card.data.license == "agpl-3.0" and "AGPL-3.0" in card.text
     assert checkpoint.weight_file in card.text and "scripts/evaluate.py" in card.text
@@ -48,7 +48,7 @@ def test_trained_card_is_filled_from_evaluation_json(tmp_path):
         replacements={"<model-name>": "magnet-ft", "<training-command>": "python scripts/train.py ..."},
     )
     card = ModelCard.load(output)
-    assert "# magnet-ft" in card.text and "<model-name>" not in card.text
+    assert "# magnet-ft" in card.text and "<model-name>" not in card.text and card.data.model_name == "magnet-ft"
     values = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert values[("val", "overall_iou")] == 70.12 and values[("testA", "overall_iou")] == 73.45
     assert values[("val", "precision@0.5")] == 70.0

@@ -211,7 +211,8 @@ def test_half_precision_weights_keep_the_language_fusion_in_float32(dtype):
     # from_pretrained(dtype=half) keeps the language fusion in fp32 and runs the rest in half precision: the trained
     # demo model's masks on a synthetic scene then match its fp32 masks; a plain cast is refused with a clear error.
     from magnet_hf import MagNetProcessor
-    from magnet_hf.demo import demo_model_path, pick_demo_scenes
+    from magnet_hf.demo.segmentation import demo_model_path
+    from magnet_hf.demo.synthetic_demo import pick_demo_scenes
 
     folder = demo_model_path()
     reference = MagNetForReferringSegmentation.from_pretrained(folder).eval()

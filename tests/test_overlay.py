@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from magnet_hf.data.synthetic import COLORS
-from magnet_hf.overlay import (
+from magnet_hf.demo.overlay import (
     MASK_ALPHA,
     MASK_TINT,
     OUTLINE_INNER,

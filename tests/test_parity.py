@@ -9,7 +9,7 @@ from safetensors import safe_open
 from timm.models.swin_transformer import SwinTransformerBlock
 
 from magnet_hf import MagNetForReferringSegmentation
-from magnet_hf.conversion import convert_official_checkpoint
+from magnet_hf.hub.conversion import convert_official_checkpoint
 from magnet_hf.modeling_magnet import MagNetSwinBlock
 
 SIZES = (480, 320)

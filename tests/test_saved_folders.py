@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pipeline_fixtures import run_without_magnet_hf, scene_images
 
-from magnet_hf.demo import demo_model_path, load_segmenter
+from magnet_hf.demo.segmentation import demo_model_path, load_segmenter
 
 EXPRESSIONS = ["the red circle", "the big square"]
 TASK = "referring-image-segmentation"
@@ -20,8 +20,9 @@ TASK = "referring-image-segmentation"
 
 @pytest.fixture(scope="module")
 def folders(official_fixtures, tokenizer_dir, tmp_path_factory):
-    from magnet_hf.conversion import convert_official_checkpoint
-    from magnet_hf.training import parse_args, train
+    from magnet_hf.hub.conversion import convert_official_checkpoint
+    from magnet_hf.commands.train import parse_args
+    from magnet_hf.training import train
 
     root = tmp_path_factory.mktemp("folders")
     converted = convert_official_checkpoint(

@@ -16,8 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from magnet_hf.training import NonFiniteLossError, latest_checkpoint, parse_args, train
-from magnet_hf.training.cli import main as train_main
+from magnet_hf.commands.train import main as train_main
+from magnet_hf.commands.train import parse_args
+from magnet_hf.training import NonFiniteLossError, latest_checkpoint, train
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = str(REPOSITORY / "scripts" / "train.py")
@@ -67,7 +68,7 @@ def test_training_lowers_the_loss_and_beats_the_untrained_model(learning_run):
 
     from magnet_hf import MagNetConfig, MagNetForReferringSegmentation, MagNetProcessor
     from magnet_hf.data import build_synthetic_dataset, explode_sentences
-    from magnet_hf.evaluation import evaluate_referring_segmentation
+    from magnet_hf.evaluation.evaluator import evaluate_referring_segmentation
 
     output, result = learning_run
     losses = [entry["loss"] for entry in result.log_history]

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from magnet_hf.commands.train import main as train_main
+from magnet_hf.commands.train import parse_args
 from magnet_hf.data.tokenizer import train_wordpiece_tokenizer
+from magnet_hf.training.trainer_state import TrainerState
 from magnet_hf.training import (
     PolyWithWarmup,
     TrainingError,
@@ -17,11 +20,9 @@ from magnet_hf.training import (
     latest_checkpoint,
     list_checkpoints,
     no_decay_parameter_names,
-    parse_args,
     save_checkpoint,
     save_pretrained_atomic,
 )
-from magnet_hf.training.cli import main as train_main
 
 SENTENCES = ["the small red circle", "the second triangle from the left", "the biggest green shape", "the blue square"]
 
@@ -131,10 +132,10 @@ def _extras(folder: Path) -> None:
 
 def test_checkpoints_are_atomic_rotated_and_latest_skips_incomplete(tmp_path):
     for step in (1, 2, 3):
-        save_checkpoint(FakeAccelerator(), tmp_path, step, {"global_step": step}, _extras, _state_writer(), total_limit=2)
+        save_checkpoint(FakeAccelerator(), tmp_path, step, TrainerState(global_step=step), _extras, _state_writer(), total_limit=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002", "step-000003"]
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(FakeAccelerator(), tmp_path, 4, {"global_step": 4}, _extras, _state_writer(fail=True), total_limit=2)
+        save_checkpoint(FakeAccelerator(), tmp_path, 4, TrainerState(global_step=4), _extras, _state_writer(fail=True), total_limit=2)
     # The failed save removed its temporary folder (a kill -9 would leave it hidden, never resumed from).
     assert latest_checkpoint(tmp_path).name == "step-000003"
     assert not (tmp_path / "checkpoints" / ".tmp-step-000004").exists()
@@ -142,11 +143,36 @@ def test_checkpoints_are_atomic_rotated_and_latest_skips_incomplete(tmp_path):
     # A folder with the right name but no trainer_state.json (e.g. copied by hand, half) is ignored too.
     (tmp_path / "checkpoints" / "step-000009").mkdir()
     assert latest_checkpoint(tmp_path).name == "step-000003"
-    save_checkpoint(FakeAccelerator(), tmp_path, 5, {"global_step": 5}, _extras, _state_writer(), total_limit=2)
+    save_checkpoint(FakeAccelerator(), tmp_path, 5, TrainerState(global_step=5), _extras, _state_writer(), total_limit=2)
     assert not (tmp_path / "checkpoints" / ".tmp-step-000004").exists()  # cleaned by the next save
     latest = latest_checkpoint(tmp_path)
-    assert latest.name == "step-000005" and json.loads((latest / "trainer_state.json").read_text()) == {"global_step": 5}
+    assert latest.name == "step-000005" and TrainerState.load(latest) == TrainerState(global_step=5)
+    assert json.loads((latest / "trainer_state.json").read_text())["global_step"] == 5
     assert (latest / "optimizer.json").read_bytes() == b"complete"
+
+
+def test_trainer_state_reads_older_files_and_keeps_the_keys_its_readers_use(tmp_path):
+    # The state of a checkpoint written before TrainerState existed: fewer keys, and one this version does not know.
+    old = {"global_step": 8, "best_metric": 0.4, "best_step": 4, "eval_history": [{"step": 4, "overall_iou": 0.4}],
+           "log_history": [{"step": 8, "loss": 1.5, "seconds_per_step": 0.25}], "total_steps": 10, "global_batch": 16,
+           "some_future_key": True}  # fmt: skip
+    (tmp_path / "trainer_state.json").write_text(json.dumps(old))
+    state = TrainerState.load(tmp_path)
+    assert (state.global_step, state.best_step, state.total_steps, state.global_batch) == (8, 4, 10, 16)
+    assert state.num_processes == 1 and state.interrupted is False  # the defaults of keys it lacked
+    state.global_step = 9
+    assert not state.record_evaluation({"overall_iou": 0.3}, "overall_iou") and state.best_step == 4
+    state.global_step = 10
+    assert state.record_evaluation({"overall_iou": 0.5}, "overall_iou") and (state.best_metric, state.best_step) == (0.5, 10)
+    assert state.evaluation_at(10) == {"step": 10, "overall_iou": 0.5} and state.evaluation_at(None) is None
+    written = state.to_dict()
+    assert [entry["seconds_per_step"] for entry in written["log_history"]] == [0.25]  # what the ablation reads
+    assert [entry["step"] for entry in written["eval_history"]] == [4, 9, 10]
+    assert TrainerState.from_dict(json.loads(json.dumps(written))) == state
+    for bad in ('{"global_step": -1}', '{"global_step": "3"}', "[]", '{"global_step": 4, "total'):
+        (tmp_path / "trainer_state.json").write_text(bad)
+        with pytest.raises(TrainingError, match="trainer_state.json"):
+            TrainerState.load(tmp_path)
 
 
 def test_save_pretrained_atomic_keeps_the_previous_folder_on_failure(tmp_path):
@@ -205,6 +231,7 @@ def test_cli_rejects_a_missing_dataset_folder(tmp_path, capsys):
 
 
 def test_ablation_runs_every_variant_and_seed_and_reports_held_out_numbers(tmp_path, monkeypatch, capsys):
+    from magnet_hf.commands import ablate
     from magnet_hf.training import ablation
 
     variants = ablation.ablation_variants()
@@ -231,7 +258,7 @@ def test_ablation_runs_every_variant_and_seed_and_reports_held_out_numbers(tmp_p
     monkeypatch.setattr(ablation, "score_heldout", fake_score)
     argv = ["--dataset", "synthetic", "--preset", "magnet-tiny", "--output-dir", str(tmp_path), "--seeds", "0", "1",
             "--bootstrap", "200"]  # fmt: skip
-    assert ablation.main(argv) == 0
+    assert ablate.main(argv) == 0
     report = capsys.readouterr().out
     assert sorted(calls) == sorted((f"{name}-seed{seed}", seed, overrides, None) for name, overrides in variants.items() for seed in (0, 1))
     assert "| full | 60.0, 60.0 | 60.0 ± 0.0 | – | 0.500 | 1.00 |" in report
@@ -240,9 +267,9 @@ def test_ablation_runs_every_variant_and_seed_and_reports_held_out_numbers(tmp_p
     assert "| val oIoU | 10.5 | 20.5 |" in report  # the full model's curve, mean over seeds
     assert (tmp_path / "ablation.md").read_text().strip() == report.split("\nreport written to")[0].strip()
     calls.clear()
-    assert ablation.main(argv) == 0 and calls == []  # finished runs are read back, not retrained
-    assert ablation.main([*argv, "--no-mask-grounding"]) == 2
-    assert ablation.main([*argv, "--heldout-seed", "0"]) == 2  # the training scenes' seed
+    assert ablate.main(argv) == 0 and calls == []  # finished runs are read back, not retrained
+    assert ablate.main([*argv, "--no-mask-grounding"]) == 2
+    assert ablate.main([*argv, "--heldout-seed", "0"]) == 2  # the training scenes' seed
 
 
 def test_ablation_bootstrap_intervals_are_paired_over_expressions():

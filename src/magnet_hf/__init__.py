@@ -28,8 +28,8 @@ __version__ = "0.1.0"
 _LAZY_NAMES: dict[str, str] = {
     "PRESETS": "configuration_magnet",
     "MagNetConfig": "configuration_magnet",
-    "DemoModelMissingError": "demo",
-    "demo_model_path": "demo",
+    "DemoModelMissingError": "demo.segmentation",
+    "demo_model_path": "demo.segmentation",
     "MagNetImageError": "image_processing_magnet",
     "MagNetImageProcessor": "image_processing_magnet",
     "MagNetImageProcessorPil": "image_processing_magnet",
@@ -47,7 +47,7 @@ __all__ = sorted(_LAZY_NAMES)
 
 if TYPE_CHECKING:
     from .configuration_magnet import PRESETS, MagNetConfig
-    from .demo import DemoModelMissingError, demo_model_path
+    from .demo.segmentation import DemoModelMissingError, demo_model_path
     from .image_processing_magnet import MagNetImageError, MagNetImageProcessor, MagNetImageProcessorPil
     from .modeling_magnet import (
         MagNetForReferringSegmentation,

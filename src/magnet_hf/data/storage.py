@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import refuse_existing_output, replacing_directory
 from .errors import ReferDataError
 
 
@@ -36,8 +36,7 @@ def check_output_dir(output: str | os.PathLike, overwrite: bool) -> Path:
     output = Path(output).expanduser().absolute()
     if output.exists() and not output.is_dir():
         raise ReferDataError(f"output {output} exists and is not a folder; choose another --output.")
-    if output.exists() and not overwrite:
-        raise ReferDataError(f"output {output} already exists; pass --overwrite (overwrite=True) to replace it.")
+    refuse_existing_output(output, overwrite, error=ReferDataError, flag="--overwrite (overwrite=True)")
     if not output.parent.is_dir():
         raise ReferDataError(f"parent folder of the output does not exist: {output.parent}")
     return output
@@ -47,26 +46,15 @@ def check_output_dir(output: str | os.PathLike, overwrite: bool) -> Path:
 def atomic_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Iterator[Staging]:
     """Context manager that publishes ``Staging.dataset_dir`` as ``output`` only on success.
 
-    The scratch folder is a hidden sibling of ``output`` (same file system, so the final rename is
-    atomic). On any exception the scratch folder is removed and an existing output is untouched;
-    with ``overwrite`` the previous output is replaced only once the new one is complete.
+    The dataset folder is a hidden sibling of ``output`` (same file system, so the final rename is atomic; see
+    :func:`magnet_hf.files.replacing_directory`). On any exception it is removed and an existing output is
+    untouched; with ``overwrite`` the previous output is replaced only once the new one is complete.
     """
     output = check_output_dir(output, overwrite)
-    scratch = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging = Staging(dataset_dir=scratch / "dataset", cache_dir=scratch / "cache")
-    staging.cache_dir.mkdir(parents=True)
-    try:
-        yield staging
-        if not staging.dataset_dir.is_dir():
-            raise RuntimeError("atomic_output_dir: nothing was saved to Staging.dataset_dir")
-        if output.exists():
-            if not overwrite:  # appeared while we were building
-                raise ReferDataError(f"output {output} appeared during the build; pass --overwrite to replace it.")
-            retired = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-            output.rename(retired)
-            staging.dataset_dir.rename(output)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.dataset_dir.rename(output)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.cache-", dir=output.parent) as cache_dir:
+        with replacing_directory(output) as dataset_dir:
+            yield Staging(dataset_dir=dataset_dir, cache_dir=Path(cache_dir))
+            if not any(dataset_dir.iterdir()):
+                raise RuntimeError("atomic_output_dir: nothing was saved to Staging.dataset_dir")
+            # The output may have appeared while the dataset was being built.
+            refuse_existing_output(output, overwrite, error=ReferDataError)

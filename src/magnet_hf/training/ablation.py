@@ -8,14 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .arguments import TrainingArguments, TrainingError, build_parser
+from ..files import write_json_atomically
+from .arguments import TrainingArguments, TrainingError
 from .trainer import train
 
 FULL = "full"
@@ -51,8 +51,8 @@ def heldout_split(run_dir: Path, seed: int, num_images: int) -> Any:
 def score_heldout(model_dir: Path, heldout: Any, batch_size: int = 32) -> dict[str, Any]:
     """Per-expression intersection and union of the model in `model_dir` on `heldout`, with each expression's kind."""
     from ..data import expression_kind
-    from ..evaluation import evaluate_referring_segmentation
-    from ..metrics import ReferringSegmentationMetric
+    from ..evaluation.evaluator import evaluate_referring_segmentation
+    from ..evaluation.metrics import ReferringSegmentationMetric
     from ..modeling_magnet import MagNetForReferringSegmentation
     from ..processing_magnet import MagNetProcessor
 
@@ -104,7 +104,7 @@ def run_ablation(
                     "eval_history": state.get("eval_history", []),
                     "seconds_per_step": [e["seconds_per_step"] for e in state.get("log_history", []) if "seconds_per_step" in e],
                 }
-                scored.write_text(json.dumps(record))
+                write_json_atomically(scored, record)
             results.setdefault(name, []).append(json.loads(scored.read_text()))
     return results
 
@@ -201,45 +201,3 @@ def format_report(summary: Mapping[str, Mapping[str, Any]], curve: list[tuple[in
     num = next(iter(summary.values()))["num_expressions"]
     lines.append(f"{num} held-out expressions; intervals: paired bootstrap over expressions, seeds averaged.")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`scripts/ablate.py`: every flag of `train.py` plus `--seeds`, `--variants`, `--heldout-seed`,
-    `--heldout-images` and `--bootstrap`; `--output-dir` holds one folder per run and the report `ablation.md`."""
-    variants = ablation_variants()
-    parser = build_parser()
-    parser.prog = "ablate.py"
-    parser.description = "Train one setting once per variant and seed; score held-out scenes; print the report."
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", choices=sorted(variants), default=list(variants),
-                        help="variants to run (full is always included: the differences are against it)")  # fmt: skip
-    parser.add_argument("--heldout-seed", type=int, default=1, help="synthetic seed of the held-out scenes")
-    parser.add_argument("--heldout-images", type=int, default=300, help="held-out scenes (about 6 expressions each)")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the confidence intervals")
-    try:
-        namespace = parser.parse_args(argv)
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    values = vars(namespace)
-    seeds, chosen = values.pop("seeds"), values.pop("variants")
-    heldout_seed, heldout_images, bootstrap = values.pop("heldout_seed"), values.pop("heldout_images"), values.pop("bootstrap")
-    values["config_overrides"] = dict(values["config_overrides"])
-    try:
-        if values["resume"] is not None or values["no_mask_grounding"] or values["no_alignment_loss"]:
-            raise TrainingError("ablate.py chooses --resume and the loss switches itself; leave them out.")
-        if heldout_images < 1 or bootstrap < 1 or len(set(seeds)) != len(seeds):
-            raise TrainingError("--heldout-images and --bootstrap must be positive and --seeds distinct.")
-        base = TrainingArguments(**values).validate()
-        selected = {name: variants[name] for name in variants if name == FULL or name in chosen}
-        results = run_ablation(base, seeds, selected, heldout_seed, heldout_images)
-    except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    report = format_report(summarise(results, bootstrap), validation_curve(results[FULL]))
-    output = Path(base.output_dir) / "ablation.md"
-    temporary = output.with_suffix(".md.tmp")
-    temporary.write_text(report + "\n")
-    temporary.replace(output)
-    print(report)
-    print(f"\nreport written to {output}")
-    return 0

@@ -17,23 +17,29 @@ none: `latest_checkpoint` only considers folders named `step-NNNNNN` that hold `
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..atomic import apply_default_modes
+from ..files import (
+    make_staging_directory,
+    move_into,
+    replace_directory,
+    replacing_directory,
+    sync_tree,
+    write_json_atomically,
+)
+
+from .trainer_state import TRAINER_STATE, TrainerState
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
-TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
@@ -60,25 +66,12 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def read_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """The loop state saved with a checkpoint.
-
-    Raises:
-        TrainingError: the file is missing, not JSON, or lacks a whole `global_step`.
-    """
-    from .arguments import TrainingError
-
-    path = Path(checkpoint) / TRAINER_STATE
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TrainingError(f"{path} is unreadable or not JSON ({error}).") from None
-    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int) or state["global_step"] < 0:
-        raise TrainingError(f"{path} has no non-negative integer 'global_step'; it is not a trainer state.")
-    return state
+def read_trainer_state(checkpoint: str | os.PathLike) -> TrainerState:
+    """The loop state saved with a checkpoint (`TrainerState.load`; raises `TrainingError`)."""
+    return TrainerState.load(checkpoint)
 
 
-def check_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
+def check_checkpoint(checkpoint: str | os.PathLike) -> TrainerState:
     """Reads a checkpoint's trainer state and every file of its training state; returns the trainer state.
 
     Raises:
@@ -87,8 +80,7 @@ def check_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
     from .state import check_training_state
 
     state = read_trainer_state(checkpoint)
-    processes = state.get("num_processes", 1)
-    check_training_state(Path(checkpoint), num_processes=processes if isinstance(processes, int) and processes > 0 else 1)
+    check_training_state(Path(checkpoint), num_processes=state.num_processes)
     return state
 
 
@@ -106,35 +98,11 @@ def latest_good_checkpoint(output_dir: str | os.PathLike, warn: bool = True) -> 
     return None
 
 
-def write_json_atomic(data: Any, path: str | os.PathLike) -> Path:
-    """Writes JSON to a temporary sibling, flushes it to disk and renames it over `path`."""
-    path = Path(path)
-    temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(temporary, "w") as file:
-            json.dump(data, file, indent=2, sort_keys=True)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def _fsync_tree(folder: Path) -> None:
-    # The rename is atomic, but without flushing the files first a power cut could still publish empty ones.
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as file:
-                os.fsync(file.fileno())
-
-
 def save_checkpoint(
     accelerator: Any,
     output_dir: str | os.PathLike,
     step: int,
-    trainer_state: dict[str, Any],
+    trainer_state: TrainerState,
     write_extras: Callable[[Path], None],
     write_state: Callable[[Path], None],
     total_limit: int | None = None,
@@ -145,7 +113,7 @@ def save_checkpoint(
         accelerator: the run's `Accelerator` (for the process rank and the barriers).
         output_dir: the run's output folder.
         step: optimizer steps done.
-        trainer_state: JSON-able loop state (step, epoch, best metric, log history); written last, so its presence
+        trainer_state: the loop state (step, epoch, best metric, log history); written last, so its presence
             marks a complete folder.
         write_extras: called on the main process with the temporary folder, to add the processor, config, ...
         write_state: called on every process with the temporary folder to write its part of the training state
@@ -170,16 +138,9 @@ def save_checkpoint(
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_extras(temporary)
-            write_json_atomic(trainer_state, temporary / TRAINER_STATE)
-            apply_default_modes(temporary)  # transformers writes model.safetensors 0600 whatever the umask
-            _fsync_tree(temporary)
-            if final.exists():  # the same step saved again (e.g. resumed at a checkpoint and stopped at once)
-                retired = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-                final.rename(retired)
-                temporary.rename(final)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                temporary.rename(final)
+            write_json_atomically(temporary / TRAINER_STATE, trainer_state.to_dict(), sync=True, sort_keys=True)
+            # An existing `final` is the same step saved again (e.g. resumed at a checkpoint and stopped at once).
+            replace_directory(temporary, final, sync=True)
     except BaseException:
         # A failed save (full disk, refused non-finite state) must not leave a large hidden folder behind; a kill
         # still can, and the next save removes it.
@@ -208,24 +169,16 @@ def save_pretrained_atomic(
     A previous `target` is replaced only once the new folder is complete.
     """
     target = Path(target)
-    temporary = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        model.save_pretrained(str(temporary), safe_serialization=True, state_dict=state_dict)
-        processor.save_pretrained(str(temporary))
-        for name, data in (extra_json or {}).items():
-            write_json_atomic(data, temporary / name)
-        apply_default_modes(temporary)  # transformers writes model.safetensors 0600 whatever the umask
-        _fsync_tree(temporary)
-        if target.exists():
-            retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            target.rename(retired)
-            temporary.rename(target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            temporary.rename(target)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    with replacing_directory(target, sync=True) as temporary:
+        _save_pretrained(model, processor, temporary, extra_json, state_dict)
     return target
+
+
+def _save_pretrained(model: Any, processor: Any, folder: Path, extra_json: dict[str, Any] | None, state_dict) -> None:
+    model.save_pretrained(str(folder), safe_serialization=True, state_dict=state_dict)
+    processor.save_pretrained(str(folder))
+    for name, data in (extra_json or {}).items():
+        write_json_atomically(folder / name, data, sort_keys=True)
 
 
 def save_final_model(
@@ -241,15 +194,11 @@ def save_final_model(
     `config.json` last: a folder with a `config.json` holds complete weights and processor files.
     """
     output_dir = Path(output_dir)
-    staging = output_dir / f".final.tmp-{uuid.uuid4().hex[:8]}"
+    staging = make_staging_directory(output_dir / ".final")
     try:
-        save_pretrained_atomic(model, processor, staging, extra_json, state_dict)
-        names = sorted(path.name for path in staging.iterdir())
-        for name in [n for n in names if n != "config.json"] + [n for n in names if n == "config.json"]:
-            destination = output_dir / name
-            if destination.is_dir() and not destination.is_symlink():
-                shutil.rmtree(destination)
-            os.replace(staging / name, destination)
+        _save_pretrained(model, processor, staging, extra_json, state_dict)
+        sync_tree(staging)
+        move_into(staging, output_dir, last=["config.json"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..files import write_json_atomically
 from .arguments import TrainingArguments, TrainingError
 from .checkpoints import (
     BEST_DIR,
@@ -38,10 +39,10 @@ from .checkpoints import (
     save_checkpoint,
     save_final_model,
     save_pretrained_atomic,
-    write_json_atomic,
 )
 from .optimization import build_optimizer_and_scheduler
 from .state import NonFiniteStateError, load_training_state, save_training_state
+from .trainer_state import TrainerState
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ class _Run:
         )
         # The scheduler is stepped by hand: a prepared one would advance once per process and step.
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.state = {"global_step": 0, "best_metric": None, "best_step": None, "eval_history": [], "log_history": []}
+        self.state = TrainerState()
         if self.checkpoint is not None:
             load_training_state(
                 self.checkpoint, accelerator.unwrap_model(self.model), self.optimizer.optimizer
@@ -329,26 +330,23 @@ class _Run:
                 getattr(accelerator, "scaler", None), accelerator.process_index,
             )
             saved = read_trainer_state(self.checkpoint)
-            if saved.get("total_steps") != self.total_steps or saved.get("global_batch") != self.global_batch:
+            if saved.total_steps != self.total_steps or saved.global_batch != self.global_batch:
                 raise TrainingError(
-                    f"{self.checkpoint} was taken in a run of {saved.get('total_steps')} steps with global batch "
-                    f"{saved.get('global_batch')}; these flags give {self.total_steps} and {self.global_batch}. "
+                    f"{self.checkpoint} was taken in a run of {saved.total_steps} steps with global batch "
+                    f"{saved.global_batch}; these flags give {self.total_steps} and {self.global_batch}. "
                     "Resume with the original --max-steps/--num-epochs, --batch-size, --gradient-accumulation-steps "
                     "and number of processes."
                 )
-            self.state.update({key: saved[key] for key in self.state if key in saved})
+            self.state = saved
+        self.state.total_steps, self.state.global_batch = self.total_steps, self.global_batch
+        self.state.num_processes = accelerator.num_processes
 
     # -------------------------------------------------------------------------------------- helpers
 
-    def _trainer_state(self, interrupted: bool = False) -> dict[str, Any]:
-        return {
-            **self.state,
-            "epoch": self.state["global_step"] / self.steps_per_epoch,
-            "total_steps": self.total_steps,
-            "global_batch": self.global_batch,
-            "num_processes": self.accelerator.num_processes,
-            "interrupted": interrupted,
-        }
+    def _trainer_state(self, interrupted: bool = False) -> TrainerState:
+        """The state as saved now: a copy with the epoch and the interruption recorded."""
+        epoch = self.state.global_step / self.steps_per_epoch
+        return dataclasses.replace(self.state, epoch=epoch, interrupted=interrupted)
 
     def _save_checkpoint(self, interrupted: bool = False) -> Path:
         accelerator = self.accelerator
@@ -370,7 +368,7 @@ class _Run:
             path = save_checkpoint(
                 accelerator,
                 self.output,
-                self.state["global_step"],
+                self.state.global_step,
                 self._trainer_state(interrupted),
                 extras,
                 training_state,
@@ -378,7 +376,7 @@ class _Run:
             )
         except NonFiniteStateError as error:
             raise NonFiniteLossError(
-                f"diverged by step {self.state['global_step']}: {error} Last good checkpoint: "
+                f"diverged by step {self.state.global_step}: {error} Last good checkpoint: "
                 f"{latest_good_checkpoint(self.output, warn=False) or 'none'}. Lower --learning-rate or use "
                 "--warmup-steps / --max-grad-norm, then --resume latest."
             ) from None
@@ -386,7 +384,7 @@ class _Run:
         return path
 
     def _evaluate(self) -> dict[str, Any]:
-        from ..evaluation import evaluate_referring_segmentation
+        from ..evaluation.evaluator import evaluate_referring_segmentation
 
         accelerator = self.accelerator
         unwrapped = accelerator.unwrap_model(self.model)
@@ -406,7 +404,7 @@ class _Run:
     def _micro_batches(self):
         """Yields this process's micro-batches from the current step on, across epochs."""
         args, accelerator = self.args, self.accelerator
-        step = self.state["global_step"]
+        step = self.state.global_step
         while True:
             epoch, within = divmod(step, self.steps_per_epoch)
             self.collator.set_epoch(epoch)
@@ -452,7 +450,7 @@ class _Run:
             terms = ", ".join(f"{key}={value:.4g}" for key, value in result.items())
             latest = latest_good_checkpoint(self.output, warn=False)
             raise NonFiniteLossError(
-                f"non-finite loss at step {self.state['global_step'] + 1} ({terms}); stopped without saving this "
+                f"non-finite loss at step {self.state.global_step + 1} ({terms}); stopped without saving this "
                 f"step. Last good checkpoint: {latest or 'none'}. Lower --learning-rate or use --warmup-steps / "
                 "--max-grad-norm, then --resume latest."
             )
@@ -500,78 +498,108 @@ class _Run:
         logger.warning(f"the new run failed before its first checkpoint; {self.output} holds the old run again.")
 
     def _loop(self) -> TrainingResult:
+        """Steps until the last step or SIGTERM: each step is trained, logged, and on schedule evaluated (keeping the
+        best model) and saved; then the run stops."""
+        self._start()
+        batches = self._micro_batches()
+        while self.state.global_step < self.total_steps and not self.stop.requested:
+            self._log(self._step(batches))
+            step = self.state.global_step
+            if self._evaluation_due(step):
+                self._keep_best(self._evaluate_and_record())
+                if self.args.save_steps is None:
+                    self._save()
+            if self.args.save_steps is not None and step % self.args.save_steps == 0:
+                self._save()
+        return self._stop()
+
+    def _start(self) -> None:
         from tqdm.auto import tqdm
 
-        args, accelerator, state = self.args, self.accelerator, self.state
+        args, accelerator = self.args, self.accelerator
         self.last_checkpoint = self.checkpoint
+        self.saved_at = self.state.global_step if self.checkpoint is not None else None
+        self.window: dict[str, list[float]] = {}
         if accelerator.is_main_process:
-            write_json_atomic(dataclasses.asdict(args), self.output / "training_args.json")
+            write_json_atomically(self.output / "training_args.json", dataclasses.asdict(args), sort_keys=True)
         if _trackers(args.report_to):
             accelerator.init_trackers("magnet_hf", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
         self.model.train()
-        batches = self._micro_batches()
-        progress = tqdm(
-            total=self.total_steps, initial=state["global_step"], desc="train",
+        self.progress = tqdm(
+            total=self.total_steps, initial=self.state.global_step, desc="train",
             disable=None if args.progress and accelerator.is_main_process else True,  # None: off unless a terminal
         )
-        window: dict[str, list[float]] = {}
-        interrupted = False
-        saved_at = state["global_step"] if self.checkpoint is not None else None
-        while state["global_step"] < self.total_steps and not self.stop.requested:
-            started = time.perf_counter()
-            result = self._train_step(batches)
-            result["seconds_per_step"] = time.perf_counter() - started  # data, forward, backward and update
-            state["global_step"] += 1
-            step = state["global_step"]
-            progress.update(1)
-            for key, value in result.items():
-                window.setdefault(key, []).append(value)
-            if step % args.logging_steps == 0 or step == self.total_steps:
-                entry = {"step": step, **{key: float(np.mean(values)) for key, values in window.items()}}
-                window = {}
-                state["log_history"].append(entry)
-                accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
-                progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
-                if not args.progress and accelerator.is_main_process:
-                    # Without a bar (logs, batch jobs) the loss still has to show up somewhere readable.
-                    progress.write(f"step {step}/{self.total_steps}: loss {entry['loss']:.4f}  lr {entry['lr']:.2e}")
-            if self._evaluation_due(step):
-                metrics = self._evaluate()
-                state["eval_history"].append({"step": step, **metrics})
-                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-                if accelerator.is_main_process:
-                    progress.write(f"step {step}: val oIoU {100 * metrics['overall_iou']:.2f}  mIoU {100 * metrics['mean_iou']:.2f}")
-                if state["best_metric"] is None or metrics[EVAL_METRIC] > state["best_metric"]:
-                    state["best_metric"], state["best_step"] = metrics[EVAL_METRIC], step
-                    weights = self._gathered_weights()
-                    if accelerator.is_main_process:
-                        save_pretrained_atomic(
-                            accelerator.unwrap_model(self.model), self.processor, self.output / BEST_DIR,
-                            {"eval_results.json": {"step": step, **metrics}}, weights,
-                        )
-                    accelerator.wait_for_everyone()
-                if args.save_steps is None:
-                    self._save_checkpoint()
-                    saved_at = step
-            if args.save_steps is not None and step % args.save_steps == 0:
-                self._save_checkpoint()
-                saved_at = step
-        progress.close()
-        if self.stop.requested and state["global_step"] < self.total_steps:
-            interrupted = True
-            if saved_at != state["global_step"]:
-                self._save_checkpoint(interrupted=True)
-            if accelerator.is_main_process:
-                logger.warning(f"SIGTERM: stopped at step {state['global_step']}; saved {self.last_checkpoint}.")
+
+    def _step(self, batches) -> dict[str, float]:
+        """One optimizer step, timed (data, forward, backward and update); advances `global_step`."""
+        started = time.perf_counter()
+        result = self._train_step(batches)
+        result["seconds_per_step"] = time.perf_counter() - started
+        self.state.global_step += 1
+        self.progress.update(1)
+        return result
+
+    def _log(self, result: dict[str, float]) -> None:
+        """Adds a step's numbers to the logging window; every `--logging-steps` (and at the last step) logs their
+        means to the history, the trackers and the progress bar."""
+        for key, value in result.items():
+            self.window.setdefault(key, []).append(value)
+        step = self.state.global_step
+        if step % self.args.logging_steps and step != self.total_steps:
+            return
+        entry = {"step": step, **{key: float(np.mean(values)) for key, values in self.window.items()}}
+        self.window = {}
+        self.state.log_history.append(entry)
+        self.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
+        self.progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
+        if not self.args.progress and self.accelerator.is_main_process:
+            # Without a bar (logs, batch jobs) the loss still has to show up somewhere readable.
+            self.progress.write(f"step {step}/{self.total_steps}: loss {entry['loss']:.4f}  lr {entry['lr']:.2e}")
+
+    def _evaluate_and_record(self) -> dict[str, Any]:
+        metrics = self._evaluate()
+        step = self.state.global_step
+        self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        if self.accelerator.is_main_process:
+            self.progress.write(f"step {step}: val oIoU {100 * metrics['overall_iou']:.2f}  mIoU {100 * metrics['mean_iou']:.2f}")
+        return metrics
+
+    def _keep_best(self, metrics: dict[str, Any]) -> None:
+        """Records the evaluation; a new best validation oIoU is saved to `output_dir/best`."""
+        if not self.state.record_evaluation(metrics, EVAL_METRIC):
+            return
+        weights = self._gathered_weights()
+        if self.accelerator.is_main_process:
+            save_pretrained_atomic(
+                self.accelerator.unwrap_model(self.model), self.processor, self.output / BEST_DIR,
+                {"eval_results.json": {"step": self.state.global_step, **metrics}}, weights,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _save(self, interrupted: bool = False) -> None:
+        self._save_checkpoint(interrupted=interrupted)
+        self.saved_at = self.state.global_step
+
+    def _stop(self) -> TrainingResult:
+        """Saves what stopping calls for: a checkpoint after SIGTERM (unless this step is saved), else the final
+        model."""
+        self.progress.close()
+        state = self.state
+        interrupted = self.stop.requested and state.global_step < self.total_steps
+        if interrupted:
+            if self.saved_at != state.global_step:
+                self._save(interrupted=True)
+            if self.accelerator.is_main_process:
+                logger.warning(f"SIGTERM: stopped at step {state.global_step}; saved {self.last_checkpoint}.")
         else:
             self._save_final()
         return TrainingResult(
             output_dir=self.output,
-            global_step=state["global_step"],
+            global_step=state.global_step,
             total_steps=self.total_steps,
-            best_metric=state["best_metric"],
-            eval_history=list(state["eval_history"]),
-            log_history=list(state["log_history"]),
+            best_metric=state.best_metric,
+            eval_history=list(state.eval_history),
+            log_history=list(state.log_history),
             interrupted=interrupted,
             last_checkpoint=self.last_checkpoint,
         )
@@ -600,17 +628,16 @@ class _Run:
         weights = self._gathered_weights()
         if not accelerator.is_main_process:
             return
-        final = state["eval_history"][-1] if state["eval_history"] and state["eval_history"][-1]["step"] == state["global_step"] else None
         results = {
-            "final": final,
-            "best": next((e for e in state["eval_history"] if e["step"] == state["best_step"]), None),
+            "final": state.evaluation_at(state.global_step),
+            "best": state.evaluation_at(state.best_step),
             "eval_split": self.args.eval_split,
             "dataset": self.args.dataset,
         }
         unwrapped = accelerator.unwrap_model(self.model)
         save_final_model(
             unwrapped, self.processor, self.output,
-            {"eval_results.json": results, "trainer_state.json": self._trainer_state()}, weights,
+            {"eval_results.json": results, "trainer_state.json": self._trainer_state().to_dict()}, weights,
         )
         if self.args.push_to_hub:
             try:

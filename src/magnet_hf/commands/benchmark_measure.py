@@ -1,5 +1,6 @@
 # Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
-"""Inference (and small-model training) benchmark for MagNet with random weights.
+"""What `scripts/benchmark.py` measures: inference (and small-model training) of MagNet with random weights, timed,
+with the process's peak memory sampled.
 
 For each configuration (preset, batch size, dtype, device, compile) it reports the forward latency (median and spread),
 images per second, peak memory of one forward (resident set on CPU, allocated on CUDA), the model's FLOPs and the share
@@ -10,14 +11,13 @@ same run, so the fraction is comparable across machines.
 By default every configuration runs in a fresh Python process: the peak resident memory of a forward is then not
 masked by what an earlier, larger configuration left in the allocator.
 
-    >>> from magnet_hf.benchmark import BenchmarkSettings, run_benchmark
+    >>> from magnet_hf.commands.benchmark_measure import BenchmarkSettings, run_benchmark
     >>> report = run_benchmark(BenchmarkSettings(preset="magnet-tiny", batch_sizes=(1, 2), repeats=2))
     >>> report["configurations"][0]["forward_seconds_median"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .argtypes import positive_int
+from .arguments import option
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEVICES = ("cpu", "cuda")
@@ -100,19 +100,20 @@ class BenchmarkSettings:
         seed: seed of the random weights and inputs.
     """
 
-    preset: str = "magnet-base"
-    batch_sizes: tuple[int, ...] = (1,)
-    dtype: str = "float32"
-    device: str = "cpu"
-    compile: bool = False
-    repeats: int = 5
-    image_size: int | None = None
-    train_step: bool | None = None
-    train_repeats: int = 3
-    threads: int | None = None
-    isolate: bool = True
-    matmul_size: int = 4096
-    seed: int = 0
+    preset: str = option("magnet-base", choices=PRESET_NAMES)
+    batch_sizes: tuple[int, ...] = option((1,), "one or more batch sizes", flag="--batch-size", minimum=1)
+    dtype: str = option("float32", "bfloat16 runs under autocast", choices=tuple(DTYPES))
+    device: str = option("cpu", choices=DEVICES)
+    compile: bool = option(False, "run the model through torch.compile")
+    repeats: int = option(5, "timed forwards per configuration", minimum=1)
+    image_size: int | None = option(None, "defaults to the preset's (480 / 128)", minimum=1)
+    train_step: bool | None = option(None, "time a training step", negative="--no-train-step",
+                                     negative_help="skip the training step")  # fmt: skip
+    train_repeats: int = option(3, minimum=1)
+    threads: int | None = option(None, "torch intra-op threads", minimum=1)
+    isolate: bool = option(True, "run every configuration in this process", flag="--no-isolate")
+    matmul_size: int = option(4096, minimum=1)
+    seed: int = option(0)
 
     def validate(self) -> None:
         """Raises `ValueError` naming the first invalid setting."""
@@ -305,8 +306,8 @@ def count_model_flops(model, inputs: dict[str, torch.Tensor]) -> int:
 
 
 def _build_model(preset: str, image_size: int | None, device: torch.device, seed: int):
-    from .configuration_magnet import MagNetConfig
-    from .modeling_magnet import MagNetForReferringSegmentation
+    from ..configuration_magnet import MagNetConfig
+    from ..modeling_magnet import MagNetForReferringSegmentation
 
     torch.manual_seed(seed)
     overrides = {} if image_size is None else {"image_size": image_size}
@@ -419,7 +420,7 @@ def _benchmark_training(
     """Times forward + backward + AdamW step on random 0/1 masks with every training loss the config enables, Mask
     Grounding included (tokens masked by the authors' rule), after one untimed step; then counts the step's FLOPs
     (forward and backward) for its fraction of the compute floor."""
-    from .data.collate import mask_tokens
+    from ..data.collate import mask_tokens
     from torch.utils.flop_counter import FlopCounterMode
 
     model.train()
@@ -480,7 +481,7 @@ def _run_isolated(settings: BenchmarkSettings, batch_size: int, matmul_gflops: f
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         completed = subprocess.run(
-            [sys.executable, "-m", "magnet_hf.benchmark", "--worker", json.dumps(job)],
+            [sys.executable, "-m", "magnet_hf.commands.benchmark", "--worker", json.dumps(job)],
             env=env,
             capture_output=True,
             text=True,
@@ -566,98 +567,9 @@ def format_configuration(result: dict[str, Any]) -> str:
 
 def write_json(report: dict[str, Any], path: str | Path, overwrite: bool = False) -> Path:
     """Writes `report` to `path` through a temporary file and a rename, refusing to replace a file unless `overwrite`."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it.")
+    from ..files import refuse_existing_output, write_json_atomically
+
+    path = refuse_existing_output(path, overwrite, flag="--overwrite (overwrite=True)")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"The folder of {path} does not exist.")
-    from .atomic import write_text_atomically
-
-    return write_text_atomically(path, json.dumps(report, indent=2) + "\n")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="benchmark.py",
-        description="Benchmark MagNet inference (and training for magnet-tiny) with random weights.",
-    )
-    parser.add_argument("--preset", default="magnet-base", choices=PRESET_NAMES)
-    parser.add_argument("--batch-size", type=positive_int, nargs="+", default=[1], help="one or more batch sizes")
-    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="bfloat16 runs under autocast")
-    parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
-    parser.add_argument("--device", default="cpu", choices=DEVICES)
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed forwards per configuration")
-    parser.add_argument("--image-size", type=positive_int, default=None, help="defaults to the preset's (480 / 128)")
-    train = parser.add_mutually_exclusive_group()
-    train.add_argument("--train-step", dest="train_step", action="store_true", default=None, help="time a training step")
-    train.add_argument("--no-train-step", dest="train_step", action="store_false", help="skip the training step")
-    parser.add_argument("--train-repeats", type=positive_int, default=3)
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads")
-    parser.add_argument("--no-isolate", action="store_true", help="run every configuration in this process")
-    parser.add_argument("--matmul-size", type=positive_int, default=4096)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="write the full report here")
-    parser.add_argument("--overwrite", action="store_true", help="allow --json to replace an existing file")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
-    return BenchmarkSettings(
-        preset=args.preset,
-        batch_sizes=tuple(args.batch_size),
-        dtype=args.dtype,
-        device=args.device,
-        compile=args.compile,
-        repeats=args.repeats,
-        image_size=args.image_size,
-        train_step=args.train_step,
-        train_repeats=args.train_repeats,
-        threads=args.threads,
-        isolate=not args.no_isolate,
-        matmul_size=args.matmul_size,
-        seed=args.seed,
-    )
-
-
-def _worker(job_text: str) -> None:
-    job = json.loads(job_text)
-    settings = job["settings"]
-    settings["batch_sizes"] = tuple(settings["batch_sizes"])
-    result = benchmark_configuration(
-        BenchmarkSettings(**settings), job["batch_size"], job["matmul_gflops"], job["flops_per_image"]
-    )
-    Path(job["result_path"]).write_text(json.dumps(result))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.worker is not None:
-        _worker(args.worker)
-        return 0
-    settings = settings_from_args(args)
-    try:
-        settings.validate()
-    except ValueError as error:
-        parser.error(str(error))
-    if args.json is not None:
-        path = Path(args.json)
-        if path.exists() and not args.overwrite:
-            parser.error(f"--json {path} exists; pass --overwrite to replace it.")
-        if not path.parent.is_dir():
-            parser.error(f"--json {path}: the folder {path.parent} does not exist.")
-    report = run_benchmark(settings, log=print)
-    if args.json is not None:
-        write_json(report, args.json, overwrite=args.overwrite)
-        print(f"wrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return write_json_atomically(path, report)

@@ -1,41 +1,49 @@
-"""Command line entry point behind ``scripts/prepare_refcoco.py``."""
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""``scripts/prepare_refcoco.py`` and ``magnet-hf prepare-data``: RefCOCO/RefCOCO+/RefCOCOg from the official refer
+files as a ``datasets.DatasetDict`` (``magnet_hf.data.refer``)."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
+import sys
 
 from .. import exit_status
-from .errors import ReferDataError
-from .refer import prepare_refer_dataset
-from .schema import PARTITIONS
+from ..data.errors import ReferDataError
+from ..data.refer import prepare_refer_dataset
+from ..data.schema import PARTITIONS
+from .arguments import build_parser, option, parse_dataclasses
 
 _SPLIT_BYS = sorted({split_by for partitions in PARTITIONS.values() for split_by in partitions})
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+@dataclasses.dataclass
+class PrepareDataArguments:
+    dataset: str = option(choices=sorted(PARTITIONS))
+    split_by: str = option(help="unc (RefCOCO/+), umd or google (RefCOCOg)", choices=_SPLIT_BYS)
+    refer_root: str = option(help="folder holding <dataset>/refs(<split-by>).p and instances.json")
+    coco_images: str = option(help="folder of the COCO train2014 images")
+    output: str = option(help="folder to create (save_to_disk layout)")
+    skip_missing: bool = option(False, "leave out refs whose image file is missing")
+    overwrite: bool = option(False, "replace an existing --output")
+    push_to_hub: str | None = option(None, "also push the result to this Hub dataset repo", metavar="REPO")
+    num_proc: int | None = option(None, "processes used to generate each split", minimum=1)
+
+
+def parser(prog: str | None = None):
     """Argument parser of ``prepare_refcoco.py`` (and ``magnet-hf prepare-data``, which passes its ``prog``)."""
-    parser = argparse.ArgumentParser(
+    return build_parser(
+        PrepareDataArguments,
         prog=prog,
         description="Convert the official refer-toolkit files of RefCOCO/RefCOCO+/RefCOCOg into a "
         "datasets.DatasetDict saved with save_to_disk (one row per referred object).",
     )
-    parser.add_argument("--dataset", required=True, choices=sorted(PARTITIONS))
-    parser.add_argument("--split-by", required=True, choices=_SPLIT_BYS, help="unc (RefCOCO/+), umd or google (RefCOCOg)")
-    parser.add_argument("--refer-root", required=True, help="folder holding <dataset>/refs(<split-by>).p and instances.json")
-    parser.add_argument("--coco-images", required=True, help="folder of the COCO train2014 images")
-    parser.add_argument("--output", required=True, help="folder to create (save_to_disk layout)")
-    parser.add_argument("--skip-missing", action="store_true", help="leave out refs whose image file is missing")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--push-to-hub", metavar="REPO", help="also push the result to this Hub dataset repo")
-    parser.add_argument("--num-proc", type=int, default=None, help="processes used to generate each split")
-    return parser
 
 
 @exit_status.guard_resources
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the conversion; returns the process exit status (0 ok, 2 bad input, 3 push failed)."""
-    args = build_parser(prog).parse_args(argv)
+    (args,) = parse_dataclasses(parser(prog), [PrepareDataArguments], argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         dataset = prepare_refer_dataset(
@@ -61,3 +69,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             return exit_status.UPLOAD_FAILED
         print(f"pushed to {args.push_to_hub}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,20 +1,44 @@
 # Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
-"""`scripts/train.py`: parse flags, train, report; one-line errors and meaningful exit codes."""
+"""`scripts/train.py`: parse flags, train, report; one-line errors and meaningful exit codes.
+
+The flags are the fields of `TrainingArguments` (`magnet_hf.training.arguments`), declared there once.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from .. import exit_status
-from .arguments import TrainingError, parse_args
-from .trainer import NonFiniteLossError, PushFailedError, train
+from ..training.arguments import TrainingArguments, TrainingError
+from ..training.trainer import NonFiniteLossError, PushFailedError, train
+from .arguments import build_parser as parser_from_dataclasses
+from .arguments import parse_dataclasses
 
 #: Exit codes (`magnet_hf.exit_status`): 0 done (or stopped by SIGTERM after saving), 2 bad input, 3 --push-to-hub
 #: failed after saving, 4 diverged (non-finite loss or weights), 5 out of memory or disk.
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = exit_status.OK, exit_status.BAD_INPUT, exit_status.DIVERGED
+
+
+DESCRIPTION = (
+    "Train or fine-tune MagNet for referring image segmentation. Run with `accelerate launch` (or torchrun) for "
+    "several processes; see the README's Training section."
+)
+
+
+def build_parser(prog: str = "train.py", description: str = DESCRIPTION) -> argparse.ArgumentParser:
+    """Argument parser of `scripts/train.py`: one flag per field of `TrainingArguments`."""
+    return parser_from_dataclasses(TrainingArguments, prog=prog, description=description)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainingArguments:
+    """Parses and validates the flags; argparse exits with status 2 on a malformed flag, `validate` raises
+    `TrainingError` on values no flag type can check."""
+    (args,) = parse_dataclasses(build_parser(), [TrainingArguments], argv)
+    return args.validate()
 
 
 @exit_status.guard_resources

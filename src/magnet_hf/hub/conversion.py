@@ -11,19 +11,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from . import exit_status
-from .atomic import replace_directory
+from ..files import refuse_existing_output, refuse_replacing_inputs, replacing_directory
 
 if TYPE_CHECKING:
     import torch
 
-    from .configuration_magnet import MagNetConfig
+    from ..configuration_magnet import MagNetConfig
 
 # torch, transformers and the model are imported inside the functions, so that `convert --help` and argument errors
 # answer without loading them.
@@ -208,7 +205,7 @@ def _is_dropped(key: str, num_stages: int) -> bool:
 def is_training_only(key: str) -> bool:
     """A magnet_hf key that no release carries (the Mask Grounding head, never published): left out of converted
     folders, and initialised by `from_pretrained` without a warning."""
-    from .modeling_magnet import MagNetForReferringSegmentation
+    from ..modeling_magnet import MagNetForReferringSegmentation
 
     return any(re.search(pattern, key) for pattern in MagNetForReferringSegmentation._keys_to_ignore_on_load_missing)
 
@@ -272,7 +269,7 @@ def config_from_official(build_arguments: dict, max_position_embeddings: int = 5
     """A [`MagNetConfig`] from the released builder's arguments (schema of `official_config.json`)."""
     from transformers import BertConfig
 
-    from .configuration_magnet import MagNetConfig
+    from ..configuration_magnet import MagNetConfig
 
     missing = [key for key in OFFICIAL_BUILD_KEYS if key not in build_arguments]
     if missing:
@@ -385,15 +382,6 @@ def _check_weight_values(state_dict: dict[str, torch.Tensor], reference: dict[st
         raise ConversionError(f"{source}: {len(non_finite)} weight(s) hold NaN or infinite values (first: {non_finite[:3]}).")
 
 
-def _inputs_inside(output_dir: Path, inputs: dict[str, Any]) -> list[str]:
-    target = output_dir.resolve()
-    return [
-        flag for flag, value in inputs.items()
-        if value is not None and Path(value).exists()
-        and (Path(value).resolve() == target or Path(value).resolve().is_relative_to(target))
-    ]
-
-
 def convert_official_checkpoint(
     checkpoint: str | Path,
     output_dir: str | Path,
@@ -408,14 +396,12 @@ def convert_official_checkpoint(
     """
     import torch
 
-    from .modeling_magnet import MagNetForReferringSegmentation
+    from ..modeling_magnet import MagNetForReferringSegmentation
 
-    output_dir = Path(output_dir)
-    if (output_dir.exists() or output_dir.is_symlink()) and not overwrite:
-        raise ConversionError(f"{output_dir} already exists; pass overwrite=True (--overwrite) to replace it.")
-    inside = _inputs_inside(output_dir, {"--checkpoint": checkpoint, "--official-config": official_config, "--tokenizer": tokenizer})
-    if inside:
-        raise ConversionError(f"--output {output_dir} holds the input of {' and '.join(inside)}; replacing it would delete that input.")
+    flag = "overwrite=True (--overwrite)"
+    output_dir = refuse_existing_output(output_dir, overwrite, error=ConversionError, flag=flag)
+    inputs = {"--checkpoint": checkpoint, "--official-config": official_config, "--tokenizer": tokenizer}
+    refuse_replacing_inputs(output_dir, inputs, error=ConversionError)
     checkpoint_file = resolve_checkpoint(checkpoint)
     official = load_official_checkpoint(checkpoint_file)
     build_arguments = read_official_config(official_config)
@@ -437,17 +423,11 @@ def convert_official_checkpoint(
     model.eval()
     released = {key: value for key, value in model.state_dict().items() if not is_training_only(key)}
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with replacing_directory(output_dir) as staging:
         model.save_pretrained(staging, state_dict=released)
         if processor is not None:
             processor.save_pretrained(staging)
         (staging / "README.md").write_text(converted_model_card(checkpoint_file, official_config is not None))
-        replace_directory(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output_dir
 
 
@@ -496,8 +476,8 @@ def converted_model_card(checkpoint_file: Path, reduced_architecture: bool = Fal
 def _build_processor(tokenizer: str | Path, config: MagNetConfig):
     from transformers import BertTokenizer
 
-    from .image_processing_magnet import MagNetImageProcessorPil
-    from .processing_magnet import MagNetProcessor
+    from ..image_processing_magnet import MagNetImageProcessorPil
+    from ..processing_magnet import MagNetProcessor
 
     try:
         loaded = BertTokenizer.from_pretrained(str(tokenizer))  # MagNet's language stream is always BERT
@@ -510,59 +490,3 @@ def _build_processor(tokenizer: str | Path, config: MagNetConfig):
     # The PIL backend is the released evaluation transform, bit for bit; the processor saves it as its backend.
     image_processor = MagNetImageProcessorPil(size={"height": config.image_size, "width": config.image_size})
     return MagNetProcessor(image_processor=image_processor, tokenizer=loaded)
-
-
-def build_argument_parser(prog: str | None = None):
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Convert a released MagNet checkpoint into a magnet_hf (transformers) folder.",
-    )
-    parser.add_argument(
-        "--checkpoint", required=True,
-        help="released .pth (weights under 'model') or .safetensors, or a Hub file reference "
-        "such as yxchng/magnet_weights:magnet_refcoco.pth (downloaded into the Hub cache)",
-    )
-    parser.add_argument(
-        "--official-config",
-        help="JSON whose 'official_build_arguments' describe a reduced architecture (default: MagNet-B)",
-    )
-    tokenizer = parser.add_mutually_exclusive_group()
-    tokenizer.add_argument(
-        "--tokenizer", default=DEFAULT_TOKENIZER,
-        help=f"BERT tokenizer folder or Hub id for the processor (default {DEFAULT_TOKENIZER}, the released weights' "
-        "tokenizer, from the Hub cache)",
-    )
-    tokenizer.add_argument("--no-processor", action="store_true", help="write the model only, without a processor")
-    parser.add_argument("--output", required=True, help="folder to create")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--verbose", action="store_true", help="show every progress bar of transformers")
-    return parser
-
-
-@exit_status.guard_resources
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Command-line entry point; returns the process exit code (`exit_status`: 2 for a conversion error)."""
-    from .progress import command_progress
-
-    arguments = build_argument_parser(prog).parse_args(argv)
-    try:
-        with command_progress(arguments.verbose):
-            output = convert_official_checkpoint(
-                arguments.checkpoint,
-                arguments.output,
-                official_config=arguments.official_config,
-                tokenizer=None if arguments.no_processor else arguments.tokenizer,
-                overwrite=arguments.overwrite,
-            )
-    except ConversionError as error:
-        exit_status.error(error)
-        return exit_status.BAD_INPUT
-    print(f"Converted {arguments.checkpoint} -> {output}")
-    if arguments.no_processor:
-        print(
-            "--no-processor: the folder holds the model only; convert again with --tokenizer (or save a "
-            "MagNetProcessor into it) before using pipelines or `magnet-hf segment`."
-        )
-    return 0

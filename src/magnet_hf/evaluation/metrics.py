@@ -316,7 +316,7 @@ def referring_segmentation_metrics(
 
     ```python
     >>> import numpy as np
-    >>> from magnet_hf.metrics import referring_segmentation_metrics
+    >>> from magnet_hf.evaluation.metrics import referring_segmentation_metrics
     >>> pred = np.array([[1, 1], [0, 0]], dtype=bool)
     >>> gt = np.array([[1, 0], [0, 0]], dtype=bool)
     >>> referring_segmentation_metrics([pred], [gt])["overall_iou"]

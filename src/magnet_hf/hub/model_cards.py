@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from ..files import refuse_existing_output, write_text_atomically
 
 PAPER_URL = "https://arxiv.org/abs/2312.12198"
 RELEASE_WEIGHTS_REPO = "yxchng/magnet_weights"
+_METRIC_NAMES = {"overall_iou": "oIoU", "mean_iou": "mIoU"}
 
 #: The authors' published overall IoU (%) of MagNet, per (dataset, split).
 PUBLISHED_OIOU: dict[tuple[str, str], float] = {
@@ -220,13 +223,12 @@ def card_from_evaluations(
         output: the card file to write (atomically; an existing one is refused unless `overwrite`).
         replacements: `{"<model-name>": "magnet-refcoco-ft", ...}` applied to the template text.
     """
-    from .evaluation import update_model_card
+    from huggingface_hub import ModelCard
 
     template, output = Path(template), Path(output)
     if not template.is_file():
         raise ModelCardError(f"Card template {str(template)!r} does not exist.")
-    if output.exists() and not overwrite:
-        raise ModelCardError(f"{output} already exists; pass overwrite=True to replace it.")
+    refuse_existing_output(output, overwrite, error=ModelCardError, flag="overwrite=True")
     if not output.parent.is_dir():
         raise ModelCardError(f"The folder of {output} does not exist.")
     if not results_files:
@@ -246,12 +248,73 @@ def card_from_evaluations(
     text = template.read_text()
     for placeholder, value in (replacements or {}).items():
         text = text.replace(placeholder, value)
-    with tempfile.TemporaryDirectory(prefix=".card-", dir=output.parent) as scratch:
-        (Path(scratch) / "README.md").write_text(text)
-        for dataset, split, resolution, metrics in results:
-            update_model_card(scratch, metrics, dataset=dataset, split=split, resolution=resolution)
-        os.replace(Path(scratch) / "README.md", output)
-    return output
+    card = ModelCard(text)
+    if not card.data.model_name:  # a model-index needs one
+        card.data.model_name = (replacements or {}).get("<model-name>") or output.parent.resolve().name
+    for dataset, split, resolution, metrics in results:
+        add_evaluation_results(card, metrics, dataset=dataset, split=split, resolution=resolution)
+    return write_text_atomically(output, str(card))
+
+
+def add_evaluation_results(
+    card: Any, metrics: dict[str, Any], *, dataset: str, split: str, resolution: str, dataset_name: str | None = None
+) -> Any:
+    """Records `metrics` (fractions, as `evaluate_referring_segmentation` returns them) in the `model-index` of the
+    `huggingface_hub.ModelCard` `card`, as percentages.
+
+    An entry with the same task, dataset, split, metric and resolution (stored as `metric_config`) is replaced, so
+    re-running an evaluation never duplicates it.
+    """
+    from huggingface_hub import EvalResult
+
+    new = [
+        EvalResult(
+            task_type="image-segmentation",
+            task_name="Referring image segmentation",
+            dataset_type=dataset,
+            dataset_name=dataset_name or dataset,
+            dataset_split=split,
+            metric_type=key,
+            metric_name=_METRIC_NAMES.get(key, key.replace("precision@", "P@")),
+            metric_config=resolution,
+            metric_value=round(100 * float(value), 2),
+        )
+        for key, value in metrics.items()
+        if key != "num_samples"
+    ]
+
+    def identity(result: Any) -> tuple:
+        return (result.task_type, result.dataset_type, result.dataset_split, result.metric_type, result.metric_config)
+
+    replaced = {identity(result) for result in new}
+    kept = [result for result in (card.data.eval_results or []) if identity(result) not in replaced]
+    card.data.eval_results = kept + new
+    return card
+
+
+def update_model_card(
+    model_dir: str | os.PathLike,
+    metrics: dict[str, Any],
+    *,
+    dataset: str,
+    split: str,
+    resolution: str,
+    dataset_name: str | None = None,
+) -> Path:
+    """Records `metrics` in the `model-index` metadata of `model_dir/README.md` ([`add_evaluation_results`]),
+    keeping the rest of the card; a minimal card is created when the folder has none."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    path = Path(model_dir) / "README.md"
+    if path.is_file():
+        card = ModelCard.load(path)
+    else:
+        data = ModelCardData(library_name="transformers", pipeline_tag="image-segmentation")
+        card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {Path(model_dir).name}\n\nA MagNet referring segmentation model.\n")
+    if not card.data.model_name:
+        card.data.model_name = Path(model_dir).resolve().name
+    add_evaluation_results(card, metrics, dataset=dataset, split=split, resolution=resolution, dataset_name=dataset_name)
+    return write_text_atomically(path, str(card))
 
 
 __all__ = [
@@ -259,6 +322,8 @@ __all__ = [
     "RELEASED_CHECKPOINTS",
     "ModelCardError",
     "ReleasedCheckpoint",
+    "add_evaluation_results",
     "card_from_evaluations",
     "released_checkpoint_card",
+    "update_model_card",
 ]

@@ -2,7 +2,7 @@
 """Referring image segmentation metrics (oIoU, mIoU, precision@t) as an `evaluate` module.
 
 `evaluate.load` copies this file alone into its module cache, so it must not import `magnet_hf`; it re-implements
-`magnet_hf.metrics` with numpy only, and the package tests check that both give identical numbers.
+`magnet_hf.evaluation.metrics` with numpy only, and the package tests check that both give identical numbers.
 """
 
 import math

@@ -10,14 +10,13 @@ Every sentence of every referred object is one sample. Two protocols are offered
 The loop runs under `accelerate launch` as well as in one process: each process scores its shard, and only two
 integers per sample (intersection and union) travel between processes.
 
-Use [`evaluate_referring_segmentation`] from Python, or [`main`] (behind `scripts/evaluate.py`) from the shell.
+Use [`evaluate_referring_segmentation`] from Python, or `scripts/evaluate.py` (`magnet_hf.commands.evaluate`) from the
+shell.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -26,9 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
-
-from . import exit_status
-from .argtypes import non_negative_int, positive_int
 
 # torch and the metrics (which import torch) are imported where they are used, so that `evaluate --help` and
 # argument errors answer without loading torch.
@@ -41,19 +37,21 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "REQUIRED_COLUMNS",
+    "accelerator_if_launched",
+    "check_dataset",
+    "evaluation_samples",
+    "load_model_and_processor",
+    "metrics_by_expression_kind",
+    "one_row_per_sentence",
     "RESOLUTIONS",
     "EvaluationError",
-    "build_parser",
     "evaluate_referring_segmentation",
     "load_evaluation_split",
-    "main",
-    "update_model_card",
     "write_results",
 ]
 
 RESOLUTIONS = ("released", "original")
 REQUIRED_COLUMNS = ("image", "mask", "sentences")
-_METRIC_NAMES = {"overall_iou": "oIoU", "mean_iou": "mIoU"}
 
 
 class EvaluationError(ValueError):
@@ -99,7 +97,8 @@ class _EvaluationCollator:
         }
 
 
-def _check_dataset(dataset: Any) -> None:
+def check_dataset(dataset: Any) -> None:
+    """Raises `EvaluationError` unless `dataset` is one split with the columns referring segmentation needs."""
     from datasets import Dataset
 
     if not isinstance(dataset, Dataset):
@@ -112,8 +111,9 @@ def _check_dataset(dataset: Any) -> None:
         )
 
 
-def _one_row_per_sentence(dataset: Any) -> Any:
-    from .data import explode_sentences
+def one_row_per_sentence(dataset: Any) -> Any:
+    """One row per (object, sentence) of a split with one row per object."""
+    from ..data import explode_sentences
 
     # An already exploded split must not be exploded again: that would overwrite its sentence_index column.
     if "sentence_index" in dataset.column_names:
@@ -185,8 +185,8 @@ def evaluate_referring_segmentation(
         raise EvaluationError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if resolution not in RESOLUTIONS:
         raise EvaluationError(f"resolution must be one of {list(RESOLUTIONS)}, got {resolution!r}.")
-    _check_dataset(dataset)
-    samples = _one_row_per_sentence(dataset)
+    check_dataset(dataset)
+    samples = one_row_per_sentence(dataset)
     if len(samples) == 0:
         raise EvaluationError("The split has no (object, sentence) sample to evaluate.")
 
@@ -244,7 +244,7 @@ def metrics_by_expression_kind(metric: ReferringSegmentationMetric, samples: Any
     Returns:
         `dict`: kind -> the `metrics_from_counts` entries of its samples (kinds without samples are left out).
     """
-    from .data import expression_kind
+    from ..data import expression_kind
     from .metrics import metrics_from_counts
 
     kinds = np.asarray([expression_kind(sentences[0]) for sentences in samples["sentences"]])
@@ -293,7 +293,7 @@ def load_evaluation_split(
     import datasets
 
     if dataset == "synthetic":
-        from .data import build_synthetic_dataset
+        from ..data import build_synthetic_dataset
 
         # All images go to the requested split: a synthetic evaluation should not waste most of its scenes.
         splits = build_synthetic_dataset({split: synthetic_images}, image_size=image_size, seed=synthetic_seed)
@@ -313,8 +313,9 @@ def load_evaluation_split(
     return splits[split]
 
 
-def _load_model_and_processor(model_path: str) -> tuple[Any, Any]:
-    from .modeling_magnet import MagNetForReferringSegmentation
+def load_model_and_processor(model_path: str) -> tuple[Any, Any]:
+    """The model and processor of a saved folder or Hub id, checked (`EvaluationError` names what is wrong)."""
+    from ..modeling_magnet import MagNetForReferringSegmentation
 
     path = Path(model_path).expanduser()
     if path.exists():
@@ -323,7 +324,7 @@ def _load_model_and_processor(model_path: str) -> tuple[Any, Any]:
     elif model_path.startswith((".", "/", "~")) or model_path.count("/") > 1:
         # Not a Hub id either, so asking the Hub would only hide the real problem behind a network error.
         raise EvaluationError(f"Model folder {model_path!r} does not exist.")
-    from .model_folder import ModelFolderError, check_loading_info, load_pretrained, load_processor
+    from ..model_folder import ModelFolderError, check_loading_info, load_pretrained, load_processor
 
     try:
         model, info = load_pretrained(MagNetForReferringSegmentation, model_path)
@@ -344,185 +345,23 @@ def write_results(results: dict[str, Any], output: str | os.PathLike, overwrite:
     Raises:
         EvaluationError: `output` exists and `overwrite` is false.
     """
-    output = Path(output).expanduser().absolute()
-    if output.exists() and not overwrite:
-        raise EvaluationError(f"{output} already exists; pass --overwrite to replace it.")
+    from ..files import refuse_existing_output, write_json_atomically
+
+    output = refuse_existing_output(Path(output).expanduser().absolute(), overwrite, error=EvaluationError)
     if not output.parent.is_dir():
         raise EvaluationError(f"Folder of the output does not exist: {output.parent}")
-    from .atomic import write_text_atomically
-
-    return write_text_atomically(output, json.dumps(results, indent=2) + "\n")
+    return write_json_atomically(output, results)
 
 
-def update_model_card(
-    model_dir: str | os.PathLike,
-    metrics: dict[str, Any],
-    *,
-    dataset: str,
-    split: str,
-    resolution: str,
-    dataset_name: str | None = None,
-) -> Path:
-    """Records `metrics` in the `model-index` metadata of `model_dir/README.md`, keeping the rest of the card.
-
-    An entry with the same task, dataset, split, metric and resolution (stored as `metric_config`) is replaced, so
-    re-running an evaluation never duplicates it. A minimal card is created when the folder has none.
-    """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    path = Path(model_dir) / "README.md"
-    if path.is_file():
-        card = ModelCard.load(path)
-    else:
-        data = ModelCardData(library_name="transformers", pipeline_tag="image-segmentation")
-        card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {Path(model_dir).name}\n\nA MagNet referring segmentation model.\n")
-    if not card.data.model_name:
-        card.data.model_name = Path(model_dir).resolve().name
-    new = [
-        EvalResult(
-            task_type="image-segmentation",
-            task_name="Referring image segmentation",
-            dataset_type=dataset,
-            dataset_name=dataset_name or dataset,
-            dataset_split=split,
-            metric_type=key,
-            metric_name=_METRIC_NAMES.get(key, key.replace("precision@", "P@")),
-            metric_config=resolution,
-            metric_value=round(100 * float(value), 2),
-        )
-        for key, value in metrics.items()
-        if key != "num_samples"
-    ]
-
-    def identity(result: Any) -> tuple:
-        return (result.task_type, result.dataset_type, result.dataset_split, result.metric_type, result.metric_config)
-
-    replaced = {identity(result) for result in new}
-    kept = [result for result in (card.data.eval_results or []) if identity(result) not in replaced]
-    card.data.eval_results = kept + new
-    card.save(path)
-    return path
+def evaluation_samples(split: Any, max_samples: int | None = None) -> Any:
+    """The (object, sentence) samples of a checked split, the first `max_samples` of them when given."""
+    check_dataset(split)
+    samples = one_row_per_sentence(split)
+    return samples if max_samples is None else samples.select(range(min(max_samples, len(samples))))
 
 
-# ----------------------------------------------------------------------------------------------------- CLI
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """Argument parser of `scripts/evaluate.py` (and `magnet-hf evaluate`, which passes its `prog`)."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Evaluate a MagNet model on a referring segmentation split (oIoU, mIoU, precision@t). "
-        "Run with `accelerate launch` to use several processes.",
-    )
-    parser.add_argument("--model", required=True, help="saved model folder (with its processor) or Hub id")
-    parser.add_argument("--dataset", required=True, help="save_to_disk folder, Hub id / local dataset, or 'synthetic'")
-    parser.add_argument("--split", required=True, help="split to evaluate, e.g. val, testA")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="samples per forward pass and process")
-    parser.add_argument("--resolution", choices=RESOLUTIONS, default="released", help="scoring resolution")
-    parser.add_argument("--output", help="write the results to this JSON file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--update-model-card", action="store_true", help="record the metrics in the model's README")
-    parser.add_argument("--max-samples", type=positive_int, help="evaluate only the first N (object, sentence) samples")
-    parser.add_argument("--synthetic-images", type=positive_int, default=10, help="images of --dataset synthetic")
-    parser.add_argument(
-        "--synthetic-seed",
-        type=non_negative_int,
-        default=1,
-        help="seed of --dataset synthetic (default 1: scenes that training, seed 0 by default, never drew)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--verbose", action="store_true", help="show every progress bar of transformers")
-    return parser
-
-
-def _check_writable_output(output: str) -> None:
-    """Creates and removes a temporary file beside `output`, so that a read-only folder or a full disk is found
-    before the evaluation runs, not after."""
-    folder = Path(output).expanduser().absolute().parent
-    if not folder.is_dir():
-        raise EvaluationError(f"Folder of the output does not exist: {folder}")
-    from .atomic import probe_writable
-
-    try:
-        probe_writable(folder)
-    except OSError as error:
-        raise EvaluationError(f"cannot write the output in {folder}: {error.strerror}.") from None
-
-
-@exit_status.guard_resources
-def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Runs the evaluation CLI; returns the exit status (`exit_status`: 0 success, 2 bad input)."""
-    try:
-        args = build_parser(prog).parse_args(argv)
-    except SystemExit as exit:  # argparse already printed the usage and the reason
-        return int(exit.code or 0)
-    try:
-        main_rank = int(os.environ.get("RANK", "0")) == 0
-        if main_rank and args.output and Path(args.output).exists() and not args.overwrite:
-            # Refuse before spending minutes on the evaluation; only rank 0 writes, so only it may refuse (other
-            # ranks could see the file rank 0 has just written).
-            raise EvaluationError(f"{args.output} already exists; pass --overwrite to replace it.")
-        if main_rank and args.output:
-            _check_writable_output(args.output)
-        from .progress import command_progress
-
-        with command_progress(args.verbose):
-            model, processor = _load_model_and_processor(args.model)
-        split = load_evaluation_split(
-            args.dataset,
-            args.split,
-            synthetic_images=args.synthetic_images,
-            synthetic_seed=args.synthetic_seed,
-            image_size=int(getattr(model.config, "image_size", 128)),
-        )
-        _check_dataset(split)
-        samples = _one_row_per_sentence(split)
-        if args.max_samples is not None:
-            samples = samples.select(range(min(args.max_samples, len(samples))))
-        accelerator = _accelerator_if_launched()
-        from .metrics import ReferringSegmentationMetric, format_metrics_table
-
-        metric = ReferringSegmentationMetric()
-        metrics = evaluate_referring_segmentation(
-            model,
-            processor,
-            samples,
-            batch_size=args.batch_size,
-            resolution=args.resolution,
-            accelerator=accelerator,
-            progress=not args.no_progress,
-            metric=metric,
-        )
-        if accelerator is not None and not accelerator.is_main_process:
-            return 0
-        print(format_metrics_table(metrics))
-        results = {
-            "model": args.model,
-            "dataset": args.dataset,
-            "split": args.split,
-            "resolution": args.resolution,
-            "num_samples": metrics["num_samples"],
-            "metrics": {key: value for key, value in metrics.items() if key != "num_samples"},
-        }
-        if args.dataset == "synthetic":
-            results["by_kind"] = metrics_by_expression_kind(metric, samples)
-            print(format_kind_table(results["by_kind"]))
-        if args.output:
-            print(f"Results written to {write_results(results, args.output, args.overwrite)}")
-        if args.update_model_card:
-            if not Path(args.model).is_dir():
-                raise EvaluationError("--update-model-card needs a local model folder, not a Hub id.")
-            card = update_model_card(
-                args.model, metrics, dataset=args.dataset, split=args.split, resolution=args.resolution
-            )
-            print(f"Model card updated: {card}")
-    except EvaluationError as error:
-        exit_status.error(error)
-        return exit_status.BAD_INPUT
-    return 0
-
-
-def _accelerator_if_launched() -> Any:
+def accelerator_if_launched() -> Any:
+    """An `Accelerator` under `accelerate launch` (or torchrun) with several processes, else `None`."""
     # Outside `accelerate launch` a plain loop is enough and avoids initialising accelerate's global state.
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None

@@ -4,21 +4,18 @@
 `build_hub_folder` assembles exactly what is uploaded: the model re-saved with `auto_map` and `custom_pipelines` in
 its config, the flat remote-code modules (modeling, configuration, processing, pipeline and what they import), the
 processor files and `README.md`. `push_folder_to_hub` creates the repository and uploads that folder;
-`scripts/push_to_hub.py` is the command line (`--local-dir` writes the folder instead of uploading).
+`scripts/push_to_hub.py` (`magnet_hf.commands.push_to_hub`) is the command line (`--local-dir` writes the folder instead of uploading).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import exit_status
-from .atomic import replace_directory
+from ..files import refuse_existing_output, refuse_replacing_inputs, replacing_directory
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -114,7 +111,8 @@ def write_basic_card(model_dir: Path, target: Path, name: str) -> Path:
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from .evaluation import update_model_card
+    from ..files import write_text_atomically
+    from .model_cards import add_evaluation_results
 
     data = ModelCardData(
         library_name="transformers",
@@ -131,12 +129,12 @@ def write_basic_card(model_dir: Path, target: Path, name: str) -> Path:
         f'segmenter = pipeline(model="{name}", trust_remote_code=True)\n'
         'segmenter("image.jpg", text="the man in the red shirt")\n```\n'
     )
-    ModelCard(text).save(target / "README.md")
+    card = ModelCard(text)
     training = _training_metrics(model_dir)
     if training is not None:
         metrics, dataset, split = training
-        update_model_card(target, metrics, dataset=dataset, split=split, resolution="released")
-    return target / "README.md"
+        add_evaluation_results(card, metrics, dataset=dataset, split=split, resolution="released")
+    return write_text_atomically(target / "README.md", str(card))
 
 
 def basic_card_notice(model_dir: str | os.PathLike, card: str | os.PathLike | None) -> str | None:
@@ -154,8 +152,8 @@ def basic_card_notice(model_dir: str | os.PathLike, card: str | os.PathLike | No
 def _load_model_and_processor(model_dir: Path):
     from transformers.utils import logging as transformers_logging
 
-    from .configuration_magnet import MagNetConfig
-    from .modeling_magnet import MagNetForReferringSegmentation, MagNetModel
+    from ..configuration_magnet import MagNetConfig
+    from ..modeling_magnet import MagNetForReferringSegmentation, MagNetModel
 
     try:
         config = MagNetConfig.from_pretrained(model_dir)
@@ -166,8 +164,8 @@ def _load_model_and_processor(model_dir: Path):
     model_class = MagNetModel if architecture == "MagNetModel" else MagNetForReferringSegmentation
     progress_bars = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
-    from .model_folder import ModelFolderError, load_pretrained
-    from .model_folder import load_processor as load_checked_processor
+    from ..model_folder import ModelFolderError, load_pretrained
+    from ..model_folder import load_processor as load_checked_processor
 
     try:
         model, info = load_pretrained(model_class, model_dir, dtype="auto")
@@ -215,28 +213,19 @@ def build_hub_folder(
     model_dir, output_dir = Path(model_dir).expanduser(), Path(output_dir).expanduser().absolute()
     _check_model_folder(model_dir)
     card_path = _resolve_card(model_dir, card)
-    # is_symlink: a dangling link "does not exist" but is still something the write would replace.
-    if (output_dir.exists() or output_dir.is_symlink()) and not overwrite:
-        raise HubPublishError(f"{output_dir} already exists; pass --overwrite to replace it.")
-    for name, source in (("--model", model_dir), ("--card", card_path)):
-        if source is None:  # no card: a basic one is written
-            continue
-        if source.resolve() == output_dir.resolve() or source.resolve().is_relative_to(output_dir.resolve()):
-            raise HubPublishError(f"--local-dir {output_dir} holds {name} {source}; replacing it would delete that input.")
+    refuse_existing_output(output_dir, overwrite, error=HubPublishError)
+    refuse_replacing_inputs(
+        output_dir, {"--model": model_dir, "--card": card_path}, error=HubPublishError, output_flag="--local-dir"
+    )
     if not output_dir.parent.is_dir():
         raise HubPublishError(f"The folder that should hold {output_dir.name} does not exist: {output_dir.parent}")
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with replacing_directory(output_dir) as staging:
         _write_hub_files(model_dir, card_path, staging, repo_id or model_dir.resolve().name)
-        replace_directory(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output_dir
 
 
 def _write_hub_files(model_dir: Path, card_path: Path | None, target: Path, name: str) -> None:
-    from .pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
+    from ..pipeline_magnet import REFERRING_SEGMENTATION_TASK, MagNetReferringSegmentationPipeline
 
     model, processor = _load_model_and_processor(model_dir)
     pipeline = MagNetReferringSegmentationPipeline(
@@ -282,69 +271,6 @@ def push_folder_to_hub(
         api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder), commit_message=commit_message)
     return str(getattr(commit, "commit_url", commit))
-
-
-# ----------------------------------------------------------------------------------------------------- CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of `scripts/push_to_hub.py`."""
-    parser = argparse.ArgumentParser(
-        prog="push_to_hub.py",
-        description="Publish a MagNet folder on the Hub: the model, its processor, the remote code, the "
-        "referring-image-segmentation pipeline and the model card, in one commit. With --local-dir, write exactly "
-        "that folder instead of uploading.",
-    )
-    parser.add_argument("--model", required=True, help="saved MagNet folder (model + processor)")
-    parser.add_argument("--repo", required=True, help="Hub repository id, owner/name")
-    parser.add_argument(
-        "--card", help="model card (default: the model folder's README.md, else a basic card with the metrics of its "
-        "eval_results.json); see model_cards/",
-    )
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--token", help="Hub token (default: the logged-in user's)")
-    parser.add_argument("--local-dir", help="write what would be uploaded to this new folder; upload nothing")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --local-dir")
-    parser.add_argument("--verbose", action="store_true", help="show every progress bar of transformers")
-    return parser
-
-
-@exit_status.guard_resources
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the push command; returns the exit status (`exit_status`: 0 success, 2 bad input, 3 upload failed)."""
-    from .progress import command_progress
-
-    args = build_parser().parse_args(argv)
-    with command_progress(args.verbose):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        validate_repo_id(args.repo)
-        notice = basic_card_notice(args.model, args.card) if Path(args.model).expanduser().is_dir() else None
-        if args.local_dir:
-            folder = build_hub_folder(
-                args.model, args.local_dir, card=args.card, overwrite=args.overwrite, repo_id=args.repo
-            )
-            if notice:
-                print(notice)
-            print(f"Wrote the files for {args.repo} to {folder} ({len(list(folder.iterdir()))} files); nothing uploaded.")
-            return 0
-        try:
-            url = push_folder_to_hub(args.model, args.repo, card=args.card, private=args.private, token=args.token)
-        except HubPublishError:
-            raise
-        except Exception as error:  # network, authentication and permission errors come in many types
-            exit_status.error(f"uploading to {args.repo} failed: {error}")
-            return exit_status.UPLOAD_FAILED
-    except HubPublishError as error:
-        exit_status.error(error)
-        return exit_status.BAD_INPUT
-    if notice:
-        print(notice)
-    print(f"Pushed {args.model} to {args.repo}: {url}")
-    return 0
 
 
 __all__ = [
