@@ -1,6 +1,7 @@
 """Tests for `magnet_hf.commands.benchmark` (tiny preset, CPU). The fast kernels it measures are checked against the
 reference computations they replace in test_fast_path.py."""
 
+import dataclasses
 import json
 import math
 
@@ -152,3 +153,29 @@ def test_cuda_without_a_device_is_a_clear_error(capsys):
 def test_settings_validation(field, value):
     with pytest.raises(ValueError):
         BenchmarkSettings(**{"preset": "magnet-tiny", field: value}).validate()
+
+
+def test_profile_accounts_for_the_whole_forward_by_kind_of_work(capsys):
+    from magnet_hf.commands.benchmark_profile import MATRIX_KIND, OTHER_KIND, OPERATOR_KINDS
+
+    settings = BenchmarkSettings(
+        preset="magnet-tiny", image_size=64, repeats=1, train_step=False, isolate=False, matmul_size=256, profile=True
+    )
+    (result,) = run_benchmark(settings, log=print)["configurations"]
+    profile = result["profile"]
+    assert list(profile["shares"]) == [*OPERATOR_KINDS, OTHER_KIND]
+    assert sum(profile["shares"].values()) == pytest.approx(1.0)
+    assert all(0 <= share <= 1 for share in profile["shares"].values())
+    # A MagNet forward is mostly linear layers and convolutions, and their FLOPs give a finite rate.
+    assert profile["shares"][MATRIX_KIND] > 0.2
+    assert 0 < profile["matrix_gflops_per_second"] < 1e5
+    seconds = [op["self_seconds"] for op in profile["top_operators"]]
+    assert seconds == sorted(seconds, reverse=True) and len(seconds) == 10
+    assert sum(seconds) <= profile["self_seconds"] * (1 + 1e-9)
+    assert "aten::addmm" in [op["name"] for op in profile["top_operators"]]
+    printed = capsys.readouterr().out
+    assert "where the time goes: matrix products and convolutions" in printed and "top operators: " in printed
+    json.dumps(result)
+    # Without the flag nothing is profiled.
+    (plain,) = run_benchmark(dataclasses.replace(settings, profile=False))["configurations"]
+    assert plain["profile"] is None

@@ -75,6 +75,7 @@ CONFIGURATION_KEYS = (
     "train_floor_fraction",  # train_step_flops at the matmul rate / median training step
     "bf16_mask_logits_max_abs_diff",  # bfloat16 only: against fp32 on the same inputs
     "bf16_mask_iou",  # bfloat16 only: IoU of the thresholded (logit > 0) masks against fp32
+    "profile",  # --profile only: one more forward's time by kind of work (`benchmark_profile.profile_forward`)
     "load_average",  # 1-minute load average before and after, to spot a busy machine
 )
 
@@ -98,6 +99,8 @@ class BenchmarkSettings:
         isolate: run each configuration in a fresh Python process (clean peak-memory figures).
         matmul_size: side of the square fp32 matmul that measures the machine's rate.
         seed: seed of the random weights and inputs.
+        profile: after the timed forwards, run one more under `torch.profiler` and report where its time goes
+            (`benchmark_profile.profile_forward`), in the result's `"profile"`.
     """
 
     preset: str = option("magnet-base", choices=PRESET_NAMES)
@@ -114,6 +117,7 @@ class BenchmarkSettings:
     isolate: bool = option(True, "run every configuration in this process", flag="--no-isolate")
     matmul_size: int = option(4096, minimum=1)
     seed: int = option(0)
+    profile: bool = option(False, "profile one more forward and print where its time goes")
 
     def validate(self) -> None:
         """Raises `ValueError` naming the first invalid setting."""
@@ -358,6 +362,11 @@ def benchmark_configuration(
         _synchronize(device)
         times.append(time.perf_counter() - start)
     spread = _spread(times)
+    profile = None
+    if settings.profile:
+        from .benchmark_profile import profile_forward
+
+        profile = profile_forward(forward)
     if model_flops_per_image is None:
         # Counted after the measurements: the counting pass's own bookkeeping stays out of the memory and time figures.
         model_flops_per_image = count_model_flops(model, make_inputs(config, 1, image_size, device, settings.seed))
@@ -396,6 +405,7 @@ def benchmark_configuration(
         "train_floor_fraction": None,
         "bf16_mask_logits_max_abs_diff": None,
         "bf16_mask_iou": None,
+        "profile": profile,
     }
 
     if settings.dtype == "bfloat16":
@@ -562,6 +572,10 @@ def format_configuration(result: dict[str, Any]) -> str:
     load = result.get("load_average") or []
     if load and load[0] is not None:
         line += f" [load {load[0]:.1f}]"
+    if result.get("profile"):
+        from .benchmark_profile import format_profile
+
+        line += "\n" + format_profile(result["profile"])
     return line
 
 

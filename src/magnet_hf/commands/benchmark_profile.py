@@ -1,0 +1,84 @@
+# Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
+"""Where a forward's time goes: `scripts/benchmark.py --profile` runs one more forward under `torch.profiler` and
+groups the operators' self time into the kinds of work that decide the fraction of the compute floor.
+
+The floor counts only matrix-product FLOPs at the machine's matmul rate, so the fraction reached is bounded by the
+share of time spent in matrix products times their own rate against the probe's; the other kinds (copies, window
+attention, the deformable gather, element-wise work) are what a faster path can shrink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+#: Operator kind -> the ATen operators counted in it (self time, so nested calls are not counted twice).
+OPERATOR_KINDS: dict[str, tuple[str, ...]] = {
+    "matrix products and convolutions": (
+        "aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::matmul", "aten::linear",
+        "aten::convolution", "aten::_convolution", "aten::mkldnn_convolution", "aten::conv2d",
+    ),
+    "window attention (scaled_dot_product_attention)": (
+        "aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "aten::_scaled_dot_product_attention_math", "aten::_scaled_dot_product_efficient_attention",
+    ),
+    "copies, gathers and concatenations": (
+        "aten::copy_", "aten::cat", "aten::index", "aten::index_select", "aten::gather", "aten::clone",
+        "aten::contiguous", "aten::_to_copy", "aten::roll", "aten::constant_pad_nd", "aten::stack",
+        "aten::index_put_", "aten::_index_put_impl_", "aten::fill_", "aten::zero_", "aten::masked_fill", "aten::repeat",
+    ),
+    "deformable sampling (embedding_bag)": (
+        "aten::embedding_bag", "aten::_embedding_bag", "aten::_embedding_bag_forward_only",
+    ),
+}  # fmt: skip
+OTHER_KIND = "element-wise, norms and the rest"
+MATRIX_KIND = "matrix products and convolutions"
+
+
+def profile_forward(forward: Callable[[], Any], top: int = 10) -> dict[str, Any]:
+    """
+    Runs `forward()` once under `torch.profiler` (CPU activity, FLOPs recorded).
+
+    Returns:
+        `{"self_seconds", "shares": {kind: fraction of self time}, "matrix_gflops_per_second",
+        "top_operators": [{"name", "self_seconds", "share", "calls"}, ...]}`, the shares summing to 1 and the top
+        operators sorted by self time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as profiler:
+        forward()
+    events = [event for event in profiler.key_averages() if event.self_cpu_time_total > 0]
+    total = sum(event.self_cpu_time_total for event in events)  # microseconds
+    kind_of = {name: kind for kind, names in OPERATOR_KINDS.items() for name in names}
+    shares = dict.fromkeys([*OPERATOR_KINDS, OTHER_KIND], 0.0)
+    matrix_flops = matrix_time = 0.0
+    for event in events:
+        kind = kind_of.get(event.key, OTHER_KIND)
+        shares[kind] += event.self_cpu_time_total / total
+        if kind == MATRIX_KIND:
+            matrix_flops += event.flops or 0
+            matrix_time += event.self_cpu_time_total
+    ranked = sorted(events, key=lambda event: -event.self_cpu_time_total)[:top]
+    return {
+        "self_seconds": total / 1e6,
+        "shares": shares,
+        # FLOPs per microsecond / 1e3 = GFLOP/s
+        "matrix_gflops_per_second": matrix_flops / matrix_time / 1e3 if matrix_time else None,
+        "top_operators": [
+            {"name": event.key, "self_seconds": event.self_cpu_time_total / 1e6,
+             "share": event.self_cpu_time_total / total, "calls": event.count}
+            for event in ranked
+        ],  # fmt: skip
+    }
+
+
+def format_profile(profile: dict[str, Any]) -> str:
+    """Two lines: the share of each kind of work, then the top operators."""
+    rate = profile["matrix_gflops_per_second"]
+    kinds = "; ".join(
+        f"{kind} {100 * share:.1f} %" + (f" at {rate:.0f} GFLOP/s" if kind == MATRIX_KIND and rate else "")
+        for kind, share in profile["shares"].items()
+    )
+    operators = ", ".join(f"{op['name']} {100 * op['share']:.1f} %" for op in profile["top_operators"])
+    return f"  where the time goes: {kinds}\n  top operators: {operators}"
