@@ -455,7 +455,9 @@ def test_gather_sampling_gradients_match_grid_sample():
 
 
 @pytest.mark.parametrize("with_graph", [False, True])
-def test_deformable_attention_module_keeps_parameters_and_outputs(with_graph):
+@pytest.mark.parametrize("batch_size", [1, 2])
+@pytest.mark.parametrize("training", [True, False], ids=["training-mode", "eval-mode-fast-path"])
+def test_deformable_attention_module_keeps_parameters_and_outputs(with_graph, batch_size, training):
     torch.manual_seed(0)
     reference = Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention(embed_dim=32, num_heads=4, n_levels=2, n_points=3)
     # Chunks of 5 queries (4 heads x 6 samples each) of one image: 39 queries per image in 8 chunks, the last short.
@@ -463,16 +465,17 @@ def test_deformable_attention_module_keeps_parameters_and_outputs(with_graph):
     fast = MagNetMultiscaleDeformableAttention(embed_dim=32, num_heads=4, n_levels=2, n_points=3, config=config)
     assert fast.state_dict().keys() == reference.state_dict().keys()
     fast.load_state_dict(reference.state_dict())
+    fast.train(training)  # eval mode on CPU runs the fast path: chunks written into one output, corners in place
     shapes = [(6, 5), (3, 3)]
     tokens = sum(h * w for h, w in shapes)
-    hidden = torch.randn(2, tokens, 32)
+    hidden = torch.randn(batch_size, tokens, 32)
     position = torch.randn(1, tokens, 32)  # one image's position embedding, broadcast over the batch
     reference_points = torch.rand(1, tokens, 2, 2)
     kwargs = dict(
         encoder_hidden_states=hidden, reference_points=reference_points,
         spatial_shapes_list=shapes, level_start_index=torch.tensor([0, 30]),
     )
-    expected, expected_weights = reference(hidden, position_embeddings=position.expand(2, -1, -1), **kwargs)
+    expected, expected_weights = reference(hidden, position_embeddings=position.expand(batch_size, -1, -1), **kwargs)
     with torch.set_grad_enabled(with_graph):
         actual, actual_weights = fast(hidden, position_embeddings=position, output_attentions=True, **kwargs)
         _, no_weights = fast(hidden, position_embeddings=position, **kwargs)
@@ -480,12 +483,15 @@ def test_deformable_attention_module_keeps_parameters_and_outputs(with_graph):
     assert (actual - expected).abs().max().item() < 1e-5
     assert (actual_weights - expected_weights).abs().max().item() < 1e-6
     assert no_weights is None  # only asked-for weights are kept, as in transformers' attention modules
-    if with_graph:  # chunks written into one output keep the gradients of the unchunked module
+    if with_graph and training:  # joined chunks keep the gradients of the unchunked module
         cotangent = torch.randn_like(actual)
         expected_grads = torch.autograd.grad((expected * cotangent).sum(), list(reference.parameters()))
         actual_grads = torch.autograd.grad((actual * cotangent).sum(), list(fast.parameters()))
         for a, e in zip(actual_grads, expected_grads):
             assert (a - e).abs().max().item() < 1e-4
+    elif with_graph:  # computed without autograd: a backward says so rather than leave the parameters without gradient
+        with pytest.raises(FastPathBackwardError, match="magnet_implementation='reference'"):
+            actual.sum().backward()
 
 
 def test_padded_value_table_layout():
