@@ -17,7 +17,7 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
 )
 
-from .fast_path_magnet import FastPathTuning
+from .fast_path_magnet import FastPathTuning, uses_fast_path, without_autograd
 
 
 def _per_level(values: list[float], num_points: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -26,10 +26,17 @@ def _per_level(values: list[float], num_points: int, dtype: torch.dtype, device:
     return torch.tensor(values, dtype=dtype, device=device).repeat_interleave(num_points)
 
 
-def _corners(operation, operands) -> torch.Tensor:
-    """`operation(a, b)` for every `(a, b)` of `operands`, stacked on a new axis 3. The module samples a cache-sized
-    chunk of queries at a time, so the stacked copy stays in cache."""
-    return torch.stack([operation(a, b) for a, b in operands], dim=3)
+def _corners(operation, operands, in_place: bool = False) -> torch.Tensor:
+    """`operation(a, b)` for every `(a, b)` of `operands`, stacked on a new axis 3. With `in_place` (the fast path,
+    which computes no gradients) each result is written straight into its slot (`out=`) instead of stacked: the
+    stacked copy of these ~10M-element tensors costs about as much as computing them."""
+    if not in_place:
+        return torch.stack([operation(a, b) for a, b in operands], dim=3)
+    first = operands[0][0]
+    output = first.new_empty(*first.shape[:3], len(operands), *first.shape[3:])
+    for index, (a, b) in enumerate(operands):
+        operation(a, b, out=output[:, :, :, index])
+    return output
 
 
 def padded_value_table(value: torch.Tensor, value_spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
@@ -58,6 +65,7 @@ def sample_pixel_coordinates(
     x: torch.Tensor,
     y: torch.Tensor,
     attention_weights: torch.Tensor,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """
     Attention-weighted bilinear samples at pixel coordinates (zero padding; pixel `i` covers `[i - 0.5, i + 0.5]`).
@@ -67,6 +75,7 @@ def sample_pixel_coordinates(
         value_spatial_shapes (`list[tuple[int, int]]`): `(H_l, W_l)` of every level.
         x, y (`torch.Tensor` of shape `(batch, queries, heads, levels * points)`): pixel coordinates in each point's level.
         attention_weights (`torch.Tensor` of shape `(batch, queries, heads, levels * points)`).
+        in_place (`bool`): build the bilinear corners in place ([`_corners`]); no gradient flows then.
 
     Returns: `torch.Tensor` of shape `(batch, queries, heads * head_dim)` in the dtype of `x`.
     """
@@ -98,13 +107,14 @@ def sample_pixel_coordinates(
     weights = _corners(
         torch.mul,
         ((weight_top, weight_left), (weight_top, weight_right), (weight_bottom, weight_left), (weight_bottom, weight_right)),
+        in_place,
     )
     strides = _per_level(padded_widths, num_points, torch.int32, device)
     top_left = y0.to(torch.int32) * strides
     top_left += x0.to(torch.int32)
     table_offsets = torch.arange(batch_size * num_heads, dtype=torch.int32, device=device) * table_length
     top_left += table_offsets.view(batch_size, 1, num_heads, 1) + _per_level(origins, num_points, torch.int32, device)
-    rows = _corners(torch.add, ((top_left, 0), (top_left, 1), (top_left, strides), (top_left, strides + 1)))
+    rows = _corners(torch.add, ((top_left, 0), (top_left, 1), (top_left, strides), (top_left, strides + 1)), in_place)
 
     bag_size = 4 * num_samples
     output = F.embedding_bag(
@@ -153,9 +163,14 @@ def _one_image(tensor: torch.Tensor | None, image: int) -> torch.Tensor | None:
 
 
 def _join_image_major(chunks: list[torch.Tensor], batch_size: int) -> torch.Tensor:
-    """Concatenates `(1, queries_chunk, ...)` pieces listed image by image into `(batch, queries, ...)`."""
+    """Concatenates `(1, queries_chunk, ...)` pieces listed image by image into `(batch, queries, ...)` (a single
+    piece is returned as it is: `torch.cat` would copy it)."""
     per_image = len(chunks) // batch_size
-    return torch.cat([torch.cat(chunks[i : i + per_image], dim=1) for i in range(0, len(chunks), per_image)])
+    images = [
+        chunks[i] if per_image == 1 else torch.cat(chunks[i : i + per_image], dim=1)
+        for i in range(0, len(chunks), per_image)
+    ]
+    return images[0] if batch_size == 1 else torch.cat(images)
 
 
 class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
@@ -219,42 +234,62 @@ class MagNetMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultisca
         # A few thousand queries of one image at a time, from the position embedding to the output projection: the
         # sampling's temporaries (~100 bytes per sample, 2.4M samples per image at 480x480) stay in cache-sized pieces,
         # then joined (slices written into one output would cost autograd a copy of the whole output per chunk).
+        fast = uses_fast_path(self.config, self, hidden_states)
         samples_per_chunk = FastPathTuning.for_device(hidden_states.device, self.config).samples_per_chunk
         chunk = max(1, samples_per_chunk // (self.n_heads * num_samples))
-        outputs, all_weights = [], []
-        for image in range(batch_size):
-            # The image's values, projected and laid out for the gather here: one image's table (20 MB at 480x480)
-            # is written and read while it is still in cache.
-            value = self.value_proj(encoder_hidden_states[image : image + 1])
-            if attention_mask is not None:
-                value = value.masked_fill(_one_image(attention_mask, image)[..., None], 0.0)
-            value = value.view(1, sequence_length, self.n_heads, self.d_model // self.n_heads)
-            with torch.autocast(device_type=device_type, enabled=False):
-                image_table = padded_value_table(value.to(dtype), spatial_shapes_list)
-            del value
-            image_positions, image_x, image_y = (
-                _one_image(t, image) for t in (position_embeddings, reference_x, reference_y)
-            )
-            for start in range(0, num_queries, chunk):
-                queries = hidden_states[image : image + 1, start : start + chunk]
-                if image_positions is not None:
-                    queries = queries + image_positions[:, start : start + chunk]
-                length = queries.shape[1]
+
+        def attend_in_chunks():
+            output, outputs, all_weights = None, [], []
+            for image in range(batch_size):
+                # The image's values, projected and laid out for the gather here: one image's table (20 MB at
+                # 480x480) is written and read while it is still in cache.
+                value = self.value_proj(encoder_hidden_states[image : image + 1])
+                if attention_mask is not None:
+                    value = value.masked_fill(_one_image(attention_mask, image)[..., None], 0.0)
+                value = value.view(1, sequence_length, self.n_heads, self.d_model // self.n_heads)
                 with torch.autocast(device_type=device_type, enabled=False):
-                    queries = queries.to(dtype)
-                    offsets = F.linear(queries, offset_weight, offset_bias).view(1, length, 2, self.n_heads, -1)
-                    attention_weights = F.linear(queries, *weight_projection).view(1, length, self.n_heads, -1)
-                    attention_weights = attention_weights.softmax(-1)
-                    x = offsets[:, :, 0] + image_x[:, start : start + chunk]
-                    y = offsets[:, :, 1] + image_y[:, start : start + chunk]
-                    sampled = sample_pixel_coordinates(image_table, spatial_shapes_list, x, y, attention_weights)
-                # Under the caller's autocast, as the unchunked projection was; weights loaded in half precision get
-                # their own dtype.
-                outputs.append(self.output_proj(sampled.to(self.output_proj.weight.dtype)))
-                if output_attentions:
-                    all_weights.append(attention_weights)
-        output = _join_image_major(outputs, batch_size)
+                    image_table = padded_value_table(value.to(dtype), spatial_shapes_list)
+                del value
+                image_positions, image_x, image_y = (
+                    _one_image(t, image) for t in (position_embeddings, reference_x, reference_y)
+                )
+                for start in range(0, num_queries, chunk):
+                    queries = hidden_states[image : image + 1, start : start + chunk]
+                    if image_positions is not None:
+                        queries = queries + image_positions[:, start : start + chunk]
+                    length = queries.shape[1]
+                    with torch.autocast(device_type=device_type, enabled=False):
+                        queries = queries.to(dtype)
+                        offsets = F.linear(queries, offset_weight, offset_bias).view(1, length, 2, self.n_heads, -1)
+                        attention_weights = F.linear(queries, *weight_projection).view(1, length, self.n_heads, -1)
+                        attention_weights = attention_weights.softmax(-1)
+                        x = offsets[:, :, 0] + image_x[:, start : start + chunk]
+                        y = offsets[:, :, 1] + image_y[:, start : start + chunk]
+                        sampled = sample_pixel_coordinates(
+                            image_table, spatial_shapes_list, x, y, attention_weights, in_place=fast
+                        )
+                    # Under the caller's autocast, as the unchunked projection was; weights loaded in half precision
+                    # get their own dtype.
+                    projected = self.output_proj(sampled.to(self.output_proj.weight.dtype))
+                    if fast:
+                        if output is None:
+                            output = projected.new_empty(batch_size, num_queries, projected.shape[-1])
+                        output[image : image + 1, start : start + length] = projected
+                    else:
+                        outputs.append(projected)
+                    if output_attentions:
+                        all_weights.append(attention_weights)
+            weights = _join_image_major(all_weights, batch_size) if output_attentions else None
+            return (output if fast else _join_image_major(outputs, batch_size)), weights
+
+        # The eval-mode fast path computes no gradients, so there the chunks are written straight into one output
+        # and the bilinear corners built in place (`_corners`): no joined or stacked copies.
+        if fast:
+            output, attention_weights = without_autograd(
+                attend_in_chunks, hidden_states, encoder_hidden_states, *self.parameters()
+            )
+        else:
+            output, attention_weights = attend_in_chunks()
         if not output_attentions:
             return output, None
-        attention_weights = _join_image_major(all_weights, batch_size)
         return output, attention_weights.view(batch_size, num_queries, self.n_heads, self.n_levels, self.n_points)

@@ -195,6 +195,14 @@ class FastPathBackwardError(RuntimeError):
     """A backward reached a tensor computed on the fast path."""
 
 
+def _refuse_backward():
+    raise FastPathBackwardError(
+        "MagNet's fast path (magnet_implementation='fast', or 'auto' in eval mode on CPU) computes no gradients. "
+        "Build or load the model with magnet_implementation='reference' to differentiate in eval mode, or train "
+        "in training mode."
+    )
+
+
 class _NoBackward(torch.autograd.Function):
     """Identity forward; a backward raises. Marks fast-path outputs, whose in-place work has overwritten what autograd
     saved, so that a backward stops here with a clear message instead of a version-counter error deeper in."""
@@ -205,16 +213,32 @@ class _NoBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        raise FastPathBackwardError(
-            "MagNet's fast path (magnet_implementation='fast', or 'auto' in eval mode on CPU) computes no gradients. "
-            "Build or load the model with magnet_implementation='reference' to differentiate in eval mode, or train "
-            "in training mode."
-        )
+        _refuse_backward()
+
+
+class _WithoutAutograd(torch.autograd.Function):
+    """Runs `function()` with autograd off (as every `Function.forward` does); its outputs depend on `computed_from`
+    for autograd, so a backward that would reach those raises instead of leaving them silently without gradient."""
+
+    @staticmethod
+    def forward(ctx, function, *computed_from):
+        return function()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        _refuse_backward()
 
 
 def inference_only(tensor: torch.Tensor) -> torch.Tensor:
     """`tensor`, marked so that a backward through it raises [`FastPathBackwardError`]."""
     return _NoBackward.apply(tensor)
+
+
+def without_autograd(function: Callable, *computed_from: torch.Tensor):
+    """`function()` computed without autograd (free to write in place and through `out=`), its outputs marked so that
+    a backward to any of `computed_from` (the inputs and parameters it read) raises [`FastPathBackwardError`]. Unlike
+    [`inference_only`] the outputs are fresh tensors, so later fast-path steps may modify them in place."""
+    return _WithoutAutograd.apply(function, *computed_from)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -406,6 +430,7 @@ __all__ = [
     "normalize_over_positions_in_place",
     "pixel_decoder_post_attention",
     "run_in_groups",
+    "without_autograd",
     "swin_block_forward",
     "uses_fast_path",
     "window_attention",
