@@ -176,6 +176,8 @@ def test_profile_accounts_for_the_whole_forward_by_kind_of_work(capsys):
     printed = capsys.readouterr().out
     assert "where the time goes: matrix products and convolutions" in printed and "top operators: " in printed
     json.dumps(result)
+    with pytest.raises(ValueError, match="--profile times CPU operators"):
+        dataclasses.replace(settings, device="cuda").validate()
     # Without the flag nothing is profiled.
     (plain,) = run_benchmark(dataclasses.replace(settings, profile=False))["configurations"]
     assert plain["profile"] is None

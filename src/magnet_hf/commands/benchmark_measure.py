@@ -132,6 +132,8 @@ class BenchmarkSettings:
             raise ValueError(f"Unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}.")
         if self.device not in DEVICES:
             raise ValueError(f"Unknown device {self.device!r}; choose one of {', '.join(DEVICES)}.")
+        if self.profile and self.device != "cpu":
+            raise ValueError("--profile times CPU operators; run it with --device cpu.")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but torch sees no CUDA device on this machine.")
         if not isinstance(self.repeats, int) or self.repeats < 1:
