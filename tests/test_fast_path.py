@@ -19,6 +19,7 @@ from magnet_hf.deformable_attention_magnet import (
     MagNetMultiscaleDeformableAttention,
     multi_scale_deformable_attention_gather,
     padded_value_table,
+    weighted_row_sum,
 )
 from magnet_hf.fast_path_magnet import (
     FastPathBackwardError,
@@ -452,6 +453,26 @@ def test_gather_sampling_gradients_match_grid_sample():
     actual = torch.autograd.grad((multi_scale_deformable_attention_gather(inputs[0], shapes, *inputs[1:]) * cotangent).sum(), inputs)
     for name, a, e in zip(("value", "locations", "weights"), actual, expected):
         assert (a - e).abs().max().item() < 1e-9, name
+
+
+@pytest.mark.parametrize("needs", [("table", "weights"), ("table",), ("weights",)])
+def test_weighted_row_sum_backward_equals_embedding_bags(needs):
+    generator = torch.Generator().manual_seed(3)
+    # 40 rows, 30 bags of 12 samples drawn from the first 25 rows: rows read many times and rows never read.
+    rows = torch.randint(0, 25, (30, 12), generator=generator, dtype=torch.int32)
+    table = torch.randn(40, 6, generator=generator, dtype=torch.float64, requires_grad="table" in needs)
+    weights = torch.randn(30, 12, generator=generator, dtype=torch.float64, requires_grad="weights" in needs)
+    cotangent = torch.randn(30, 6, generator=generator, dtype=torch.float64)
+    wanted = [t for t in (table, weights) if t.requires_grad]
+    expected_output = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+    expected = torch.autograd.grad((expected_output * cotangent).sum(), wanted)
+    output = weighted_row_sum(rows, table, weights)
+    actual = torch.autograd.grad((output * cotangent).sum(), wanted)
+    assert torch.equal(output, expected_output)  # the same forward kernel
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape and max_difference(a, e) < 1e-12
+    if table.requires_grad:
+        assert actual[0][25:].abs().max().item() == 0.0 and actual[0][:25].abs().min().item() > 0
 
 
 @pytest.mark.parametrize("with_graph", [False, True])

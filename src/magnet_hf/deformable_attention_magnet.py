@@ -6,7 +6,8 @@ transformers' reference implementation runs `grid_sample` once per level, materi
 ~300 MB written, stacked and re-read per layer, and it dominated MagNet's CPU inference time. Bilinear sampling followed
 by a weighted sum is linear in the values, so the four bilinear corner weights can be folded into the attention weights
 and the whole thing becomes one weighted gather-and-sum per (query, head): exactly what `embedding_bag` computes, with a
-fused kernel on CPU and CUDA and a backward for training. Results equal `grid_sample`'s up to float rounding.
+fused kernel on CPU and CUDA (its backward is written out in [`_WeightedRowSum`]). Results equal `grid_sample`'s up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -37,6 +38,48 @@ def _corners(operation, operands, in_place: bool = False) -> torch.Tensor:
     for index, (a, b) in enumerate(operands):
         operation(a, b, out=output[:, :, :, index])
     return output
+
+
+class _WeightedRowSum(torch.autograd.Function):
+    """`embedding_bag(rows, table, per_sample_weights=weights, mode="sum")` with its backward written out. On CPU,
+    `embedding_bag`'s own backward sorts the indices and then accumulates one sample at a time, a third of a magnet-tiny
+    training step. Here the table's gradient is the transposed gather, itself an `embedding_bag` (the samples sorted
+    by row, each row's bag summing the weighted output gradients of the bags that read it), and the weights' gradient
+    is one gather and row-wise dot product: 4x faster at 96 px, the forward untouched and the gradients equal up to the
+    order of summation."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows, table, weights)
+        return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        rows, table, weights = ctx.saved_tensors
+        bag_size = rows.shape[1]
+        flat_rows = rows.reshape(-1)
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[1]:
+            order = torch.argsort(flat_rows)  # samples grouped by the table row they read
+            counts = torch.bincount(flat_rows, minlength=table.shape[0])
+            offsets = torch.zeros_like(counts)
+            torch.cumsum(counts[:-1], dim=0, out=offsets[1:])
+            grad_table = F.embedding_bag(
+                torch.div(order, bag_size, rounding_mode="floor"),  # the bag of each sample
+                grad_output,
+                offsets=offsets,
+                per_sample_weights=weights.reshape(-1).index_select(0, order),
+                mode="sum",
+            )
+        if ctx.needs_input_grad[2]:
+            grad_weights = torch.linalg.vecdot(F.embedding(rows, table), grad_output[:, None, :])
+        return None, grad_table, grad_weights
+
+
+def weighted_row_sum(rows: torch.Tensor, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`(bags, head_dim)`: for every bag, the sum of `weights[bag, k] * table[rows[bag, k]]` over `k` (see
+    [`_WeightedRowSum`])."""
+    return _WeightedRowSum.apply(rows, table, weights)
 
 
 def padded_value_table(value: torch.Tensor, value_spatial_shapes: list[tuple[int, int]]) -> torch.Tensor:
@@ -117,10 +160,8 @@ def sample_pixel_coordinates(
     rows = _corners(torch.add, ((top_left, 0), (top_left, 1), (top_left, strides), (top_left, strides + 1)), in_place)
 
     bag_size = 4 * num_samples
-    output = F.embedding_bag(
-        rows.view(-1, bag_size), table.reshape(-1, head_dim), per_sample_weights=weights.view(-1, bag_size), mode="sum"
-    )  # (batch * queries * heads, head_dim)
-    return output.view(batch_size, num_queries, num_heads * head_dim)
+    output = weighted_row_sum(rows.view(-1, bag_size), table.reshape(-1, head_dim), weights.view(-1, bag_size))
+    return output.view(batch_size, num_queries, num_heads * head_dim)  # from (batch * queries * heads, head_dim)
 
 
 def multi_scale_deformable_attention_gather(
