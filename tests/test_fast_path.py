@@ -14,7 +14,7 @@ from transformers.models.mask2former.modeling_mask2former import (
     multi_scale_deformable_attention,
 )
 
-from magnet_hf import MagNetConfig, MagNetForReferringSegmentation, MagNetModel, fast_path_magnet
+from magnet_hf import MagNetConfig, MagNetForReferringSegmentation, MagNetModel, deformable_attention_magnet, fast_path_magnet
 from magnet_hf.deformable_attention_magnet import (
     MagNetMultiscaleDeformableAttention,
     multi_scale_deformable_attention_gather,
@@ -455,8 +455,10 @@ def test_gather_sampling_gradients_match_grid_sample():
         assert (a - e).abs().max().item() < 1e-9, name
 
 
+@pytest.mark.parametrize("slice_elements", [1 << 18, 100], ids=["one-slice", "slices-of-1-bag"])
 @pytest.mark.parametrize("needs", [("table", "weights"), ("table",), ("weights",)])
-def test_weighted_row_sum_backward_equals_embedding_bags(needs):
+def test_weighted_row_sum_backward_equals_embedding_bags(needs, slice_elements, monkeypatch):
+    monkeypatch.setattr(deformable_attention_magnet, "_BACKWARD_SLICE_ELEMENTS", slice_elements)
     generator = torch.Generator().manual_seed(3)
     # 40 rows, 30 bags of 12 samples drawn from the first 25 rows: rows read many times and rows never read.
     rows = torch.randint(0, 25, (30, 12), generator=generator, dtype=torch.int32)

@@ -40,6 +40,9 @@ def _corners(operation, operands, in_place: bool = False) -> torch.Tensor:
     return output
 
 
+_BACKWARD_SLICE_ELEMENTS = 1 << 18  # 1 MB of fp32 temporaries per slice in `_WeightedRowSum.backward`
+
+
 class _WeightedRowSum(torch.autograd.Function):
     """`embedding_bag(rows, table, per_sample_weights=weights, mode="sum")` with its backward written out. On CPU,
     `embedding_bag`'s own backward sorts the indices and then accumulates one sample at a time, a third of a magnet-tiny
@@ -72,7 +75,13 @@ class _WeightedRowSum(torch.autograd.Function):
                 mode="sum",
             )
         if ctx.needs_input_grad[2]:
-            grad_weights = torch.linalg.vecdot(F.embedding(rows, table), grad_output[:, None, :])
+            # A slice of bags at a time: the gathered rows of a whole call (22 MB at 128 px) would be a fresh mmap,
+            # page-faulted in on every call, which cost more than the arithmetic.
+            grad_weights = weights.new_empty(weights.shape)
+            bags_per_slice = max(1, _BACKWARD_SLICE_ELEMENTS // (bag_size * table.shape[1]))
+            for start in range(0, rows.shape[0], bags_per_slice):
+                part = slice(start, start + bags_per_slice)
+                torch.linalg.vecdot(F.embedding(rows[part], table), grad_output[part, None, :], out=grad_weights[part])
         return None, grad_table, grad_weights
 
 
