@@ -14,7 +14,13 @@ from transformers.models.mask2former.modeling_mask2former import (
     multi_scale_deformable_attention,
 )
 
-from magnet_hf import MagNetConfig, MagNetForReferringSegmentation, MagNetModel, deformable_attention_magnet, fast_path_magnet
+from magnet_hf import (
+    MagNetConfig,
+    MagNetForReferringSegmentation,
+    MagNetModel,
+    deformable_attention_magnet,
+    fast_path_magnet,
+)
 from magnet_hf.deformable_attention_magnet import (
     MagNetMultiscaleDeformableAttention,
     multi_scale_deformable_attention_gather,
