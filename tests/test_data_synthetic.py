@@ -89,8 +89,10 @@ def resolve(sentence: str, objs: list[dict]) -> list[int]:
         ordinal, color, shape, side = m.groups()
         axis = "x" if side in ("left", "right") else "y"
         members = sorted(group(color, shape), key=lambda i: objs[i][axis][2], reverse=side in ("right", "bottom"))
-        centers = sorted(objs[i][axis][2] for i in members)
-        assert min(np.diff(centers)) >= 2, f"ordinal {sentence!r} is ambiguous"
+        ascending = sorted(members, key=lambda i: objs[i][axis][2])
+        assert all(objs[a][axis][1] < objs[b][axis][0] for a, b in zip(ascending, ascending[1:])), (
+            f"ordinal {sentence!r} ranks members that overlap along the axis"
+        )
         return [members[ORDINAL[ordinal]]] if len(members) > ORDINAL[ordinal] else []
     if m := re.fullmatch(r"the (biggest|smallest) (?:(\w+) )?(\w+)", sentence):
         which, color, shape = m.groups()

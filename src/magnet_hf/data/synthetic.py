@@ -14,8 +14,9 @@ Semantics (what a resolver must implement to check an expression):
 - ``A left of B``: A's mask lies entirely left of B's (``A.x_max < B.x_min``); likewise
   ``right of``, ``above`` (``A.y_max < B.y_min``) and ``below``. ``B`` is unique by colour and shape;
   among the objects matching ``A`` (other than B) exactly one satisfies the relation.
-- ``the <ordinal> <group> from the <side>``: rank by mask centroid along that axis within the group
-  (a shape, optionally with a colour); neighbours' centroids differ by at least 2 pixels.
+- ``the <ordinal> <group> from the <side>``: rank along that axis within the group (a shape,
+  optionally with a colour); the members' extents along the axis are disjoint, so the k-th from the
+  left has exactly k - 1 members entirely ``left of`` it (the relation's own test).
 - ``the biggest|smallest <group>``: by mask area within the group (a colour, a shape, or all
   ``shape``\\ s); the winner is at least 15% larger (smaller) than every other member.
 
@@ -48,9 +49,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SIZE_RANGES: dict[str, tuple[float, float]] = {"small": (0.06, 0.08), "big": (0.12, 0.16)}  # half-extent / min side
 ORDINALS: tuple[str, ...] = ("first", "second", "third")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
-_SIDES = {"left": (0, False), "right": (0, True), "top": (1, False), "bottom": (1, True)}
+_SIDES = {"left": ("left of", False), "right": ("left of", True), "top": ("above", False), "bottom": ("above", True)}
 _SUPERLATIVE_MARGIN = 1.15
-_MIN_CENTROID_GAP = 2.0
 _MIN_SIDE = 64
 
 
@@ -171,11 +171,14 @@ def describe_objects(objects: list[SceneObject]) -> dict[int, list[str]]:
             if len(group) < 2:
                 continue
             noun = shape if color is None else f"{color} {shape}"
-            for side, (axis, descending) in _SIDES.items():
-                ranked = sorted(group, key=lambda j: objects[j].centroid[axis], reverse=descending)
-                coords = sorted(objects[j].centroid[axis] for j in group)
-                if min(np.diff(coords)) < _MIN_CENTROID_GAP:
+            for side, (before, descending) in _SIDES.items():
+                axis = 0 if before == "left of" else 1
+                ascending = sorted(group, key=lambda j: objects[j].centroid[axis])
+                # Members that overlap along the axis have no order a viewer can be sure of; the earlier
+                # rule (centroids at least 2 px apart) let 44 % of ranked groups overlap so.
+                if not all(_relation_holds(objects[a], before, objects[b]) for a, b in zip(ascending, ascending[1:])):
                     continue
+                ranked = ascending[::-1] if descending else ascending
                 for rank, j in enumerate(ranked[: len(ORDINALS)]):
                     add(j, f"the {ORDINALS[rank]} {noun} from the {side}")
 
