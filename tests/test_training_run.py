@@ -23,10 +23,10 @@ from magnet_hf.training import NonFiniteLossError, latest_checkpoint, train
 REPOSITORY = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = str(REPOSITORY / "scripts" / "train.py")
 QUIET = ["--no-progress", "--report-to", "none"]
-# The learning run: 100 scenes (80 train images, ~160 refs), 64 px, 80 steps of 8 refs at magnet-tiny's default lr.
+# The learning run: 100 scenes (80 train images, ~160 refs), 64 px, 120 steps of 8 refs at magnet-tiny's default lr.
 LEARN = ["--dataset", "synthetic", "--synthetic-images", "100", "--preset", "magnet-tiny", "--image-size", "64",
-         "--batch-size", "8", "--max-steps", "80", "--warmup-steps", "4", "--eval-strategy", "steps",
-         "--eval-steps", "20", *QUIET]
+         "--batch-size", "8", "--max-steps", "120", "--warmup-steps", "4", "--eval-strategy", "steps",
+         "--eval-steps", "30", *QUIET]
 # Short runs for fault handling: 32 px is the smallest magnet-tiny input.
 SHORT = ["--dataset", "synthetic", "--synthetic-images", "30", "--preset", "magnet-tiny", "--image-size", "32",
          "--batch-size", "4", "--eval-strategy", "no", "--max-eval-samples", "8", *QUIET]

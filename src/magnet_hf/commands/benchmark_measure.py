@@ -433,10 +433,12 @@ def _benchmark_training(
     Grounding included (tokens masked by the authors' rule), after one untimed step; then counts the step's FLOPs
     (forward and backward) for its fraction of the compute floor."""
     from ..data.collate import mask_tokens
+    from ..training.optimization import fused_adamw_supported
     from torch.utils.flop_counter import FlopCounterMode
 
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    groups = [{"params": [parameter for parameter in model.parameters() if parameter.requires_grad]}]
+    optimizer = torch.optim.AdamW(groups, lr=1e-5, fused=fused_adamw_supported(groups) or None)  # as training does
     generator = torch.Generator().manual_seed(settings.seed + 1)
     batch_size = inputs["pixel_values"].shape[0]
     labels = (torch.rand(batch_size, config.image_size, config.image_size, generator=generator) > 0.5).float()
