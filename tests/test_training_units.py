@@ -105,6 +105,30 @@ def test_scheduler_follows_poly_per_step():
     assert lrs == pytest.approx([0.1 * (1 - s / 5) ** 0.9 for s in range(5)])
 
 
+def test_optimizer_is_fused_on_cpu_and_steps_as_the_default_adamw():
+    from transformers.utils import is_torch_greater_or_equal
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))
+    reference = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))
+    reference.load_state_dict(model.state_dict())
+    initial = [parameter.detach().clone() for parameter in model.parameters()]
+    optimizer, _ = build_optimizer_and_scheduler(model, learning_rate=1e-2, weight_decay=0.1, total_steps=10)
+    assert optimizer.defaults["fused"] is (True if is_torch_greater_or_equal("2.4") else None)
+    from magnet_hf.training.optimization import parameter_groups
+
+    default = torch.optim.AdamW(parameter_groups(reference, 0.1), lr=1e-2)
+    inputs = torch.randn(4, 6)
+    for _ in range(3):
+        for net, opt in ((model, optimizer), (reference, default)):
+            opt.zero_grad()
+            net(inputs).square().sum().backward()
+            opt.step()
+    for fused, plain, start in zip(model.parameters(), reference.parameters(), initial):
+        assert not torch.equal(fused, start)
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
 class FakeAccelerator:
     """What `save_checkpoint` uses of an Accelerator."""
 
