@@ -38,7 +38,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def fused_adamw_supported(groups: list[dict]) -> bool:
     """Whether torch's fused AdamW (one kernel over all tensors) can step these groups: floating-point parameters on
     CUDA, or on CPU from torch 2.4. magnet-tiny has 804 parameter tensors, and on a 2-core CPU the default
-    per-tensor-list path took 109 ms per step against 33 ms fused, 6 % of a 96 px training step."""
+    per-tensor-list path took 109 ms per step against 33 ms fused (a 96 px training step: 0.92x)."""
     from transformers.utils import is_torch_greater_or_equal
 
     devices = {"cuda", "cpu"} if is_torch_greater_or_equal("2.4") else {"cuda"}
