@@ -20,6 +20,7 @@ from magnet_hf.training import (
     latest_checkpoint,
     list_checkpoints,
     no_decay_parameter_names,
+    parameter_groups,
     save_checkpoint,
     save_pretrained_atomic,
 )
@@ -115,8 +116,6 @@ def test_optimizer_is_fused_on_cpu_and_steps_as_the_default_adamw():
     initial = [parameter.detach().clone() for parameter in model.parameters()]
     optimizer, _ = build_optimizer_and_scheduler(model, learning_rate=1e-2, weight_decay=0.1, total_steps=10)
     assert optimizer.defaults["fused"] is (True if is_torch_greater_or_equal("2.4") else None)
-    from magnet_hf.training.optimization import parameter_groups
-
     default = torch.optim.AdamW(parameter_groups(reference, 0.1), lr=1e-2)
     inputs = torch.randn(4, 6)
     for _ in range(3):
