@@ -295,6 +295,47 @@ def test_ablation_runs_every_variant_and_seed_and_reports_held_out_numbers(tmp_p
     assert ablate.main([*argv, "--heldout-seed", "0"]) == 2  # the training scenes' seed
 
 
+def test_ablation_records_rebuild_the_report_without_the_run_folders_and_refuse_other_settings(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from magnet_hf.commands import ablate
+    from magnet_hf.training import ablation
+
+    trained = []
+
+    def fake_train(args):
+        trained.append(Path(args.output_dir).name)
+        Path(args.output_dir).mkdir(parents=True)
+        (Path(args.output_dir) / "eval_results.json").write_text("{}")
+        state = {"eval_history": [{"step": 1, "overall_iou": 0.25}], "log_history": [{"step": 1, "seconds_per_step": 0.5}]}
+        (Path(args.output_dir) / "trainer_state.json").write_text(json.dumps(state))
+
+    def fake_score(model_dir, heldout):
+        hits = 3 + int(model_dir.name.endswith("seed1"))  # 30 % for seed 0, 40 % for seed 1
+        return {"intersections": [hits] * 4, "unions": [10] * 4, "kinds": ["attribute", "relation"] * 2}
+
+    monkeypatch.setattr(ablation, "train", fake_train)
+    monkeypatch.setattr(ablation, "heldout_split", lambda run_dir, seed, num_images: None)
+    monkeypatch.setattr(ablation, "score_heldout", fake_score)
+    records = tmp_path / "kept"
+    argv = ["--dataset", "synthetic", "--preset", "magnet-tiny", "--output-dir", str(tmp_path / "runs"), "--seeds", "0",
+            "1", "--variants", "no-alignment", "--bootstrap", "50", "--records", str(records)]  # fmt: skip
+    assert ablate.main(argv) == 0
+    first = capsys.readouterr().out.split("\nreport written to")[0]
+    assert sorted(path.name for path in records.iterdir()) == [f"{v}-seed{k}.json" for v in ("full", "no-alignment") for k in (0, 1)]
+    assert json.loads((records / "full-seed1.json").read_text())["settings"]["seed"] == 1
+    assert "| full | 30.0, 40.0 | 35.0 ± 7.1 |" in first
+    shutil.rmtree(tmp_path / "runs")  # the machine that trained them is gone; the records are all that is left
+    trained.clear()
+    assert ablate.main(argv) == 0 and trained == []
+    assert capsys.readouterr().out.split("\nreport written to")[0] == first
+    assert ablate.main([*argv, "--learning-rate", "5e-4"]) == 2 and trained == []
+    error = capsys.readouterr().err
+    assert "full-seed0.json was made with other settings (learning_rate;" in error and len(error.strip().splitlines()) == 1
+    (records / "full-seed0.json").write_text("{not json")
+    assert ablate.main(argv) == 2 and "is not an ablation record" in capsys.readouterr().err
+
+
 def test_ablation_bootstrap_intervals_are_paired_over_expressions():
     from magnet_hf.training.ablation import summarise
 

@@ -1,6 +1,6 @@
 # Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
-"""`scripts/ablate.py`: every flag of `train.py` plus `--seeds`, `--variants`, `--heldout-seed`, `--heldout-images`
-and `--bootstrap`; `--output-dir` holds one folder per run and the report `ablation.md`."""
+"""`scripts/ablate.py`: every flag of `train.py` plus `--seeds`, `--variants`, `--heldout-seed`, `--heldout-images`,
+`--bootstrap` and `--records`; `--output-dir` holds one folder per run and the report `ablation.md`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ class AblationArguments:
     heldout_seed: int = option(1, "synthetic seed of the held-out scenes", minimum=0)
     heldout_images: int = option(300, "held-out scenes (about 6 expressions each)", minimum=1)
     bootstrap: int = option(2000, "bootstrap resamples of the confidence intervals", minimum=1)
+    records: str | None = option(
+        None, "folder of finished runs' records (<variant>-seed<k>.json): read instead of training, written after each run"
+    )
 
 
 def _selected_variants(chosen: list[str] | None) -> dict:
@@ -55,11 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise TrainingError("--seeds must be distinct.")
         base.validate()
         selected = _selected_variants(ablation.variants)
-        results = run_ablation(base, ablation.seeds, selected, ablation.heldout_seed, ablation.heldout_images)
+        if ablation.records is not None and Path(ablation.records).exists() and not Path(ablation.records).is_dir():
+            raise TrainingError(f"--records {ablation.records} exists and is not a folder.")
+        results = run_ablation(
+            base, ablation.seeds, selected, ablation.heldout_seed, ablation.heldout_images,
+            None if ablation.records is None else Path(ablation.records),
+        )  # fmt: skip
     except TrainingError as error:
         exit_status.error(error)
         return exit_status.BAD_INPUT
     report = format_report(summarise(results, ablation.bootstrap), validation_curve(results[FULL]))
+    Path(base.output_dir).mkdir(parents=True, exist_ok=True)  # absent when every run came from --records
     output = write_text_atomically(Path(base.output_dir) / "ablation.md", report + "\n")
     print(report)
     print(f"\nreport written to {output}")

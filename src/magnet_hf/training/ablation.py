@@ -73,10 +73,15 @@ def run_ablation(
     variants: Mapping[str, Mapping[str, Any]],
     heldout_seed: int,
     heldout_images: int,
+    records: Path | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Trains `base` once per variant and seed into `base.output_dir/<variant>-seed<k>` and scores its best model on
-    the held-out scenes. Returns, per variant, one record per seed: held-out counts, validation history and step
-    times. Finished runs (with `heldout.json`) are read back, so an interrupted ablation restarts where it stopped."""
+    the held-out scenes. Returns, per variant, one record per seed: held-out counts, validation history, step times
+    and the settings that made it. Finished runs (with `heldout.json`) are read back, so an interrupted ablation
+    restarts where it stopped. `records`, if given, is a folder of finished runs' records (`<variant>-seed<k>.json`,
+    a few tens of kB each): read before anything trains and written after each run is scored, so that they can be
+    kept (committed) when the run folders are not, and the report rebuilt elsewhere without retraining. A record
+    made with other settings is refused rather than mixed in."""
     if base.dataset == "synthetic" and heldout_seed == base.synthetic_seed:
         raise TrainingError(f"--heldout-seed {heldout_seed} is the training scenes' seed; choose another.")
     root = Path(base.output_dir)
@@ -86,6 +91,11 @@ def run_ablation(
         for seed in seeds:
             folder = root / f"{name}-seed{seed}"
             scored = folder / "heldout.json"
+            settings = run_settings(base, seed, overrides, heldout_seed, heldout_images)
+            kept = None if records is None else Path(records) / f"{name}-seed{seed}.json"
+            if kept is not None and kept.is_file():
+                results.setdefault(name, []).append(_read_record(kept, settings))
+                continue
             if not scored.is_file():
                 if not (folder / "eval_results.json").is_file():
                     args = dataclasses.replace(
@@ -103,10 +113,48 @@ def run_ablation(
                     **counts,
                     "eval_history": state.get("eval_history", []),
                     "seconds_per_step": [e["seconds_per_step"] for e in state.get("log_history", []) if "seconds_per_step" in e],
+                    "settings": settings,
                 }
                 write_json_atomically(scored, record)
-            results.setdefault(name, []).append(json.loads(scored.read_text()))
+            record = _read_record(scored, settings)
+            if kept is not None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomically(kept, record)
+            results.setdefault(name, []).append(record)
     return results
+
+
+# Flags that change where or how a run reports, not what it learns.
+_NOT_SETTINGS = frozenset({"output_dir", "resume", "overwrite", "progress", "report_to", "push_to_hub", "num_workers"})
+
+
+def run_settings(
+    base: TrainingArguments, seed: int, overrides: Mapping[str, Any], heldout_seed: int, heldout_images: int
+) -> dict[str, Any]:
+    """What one run of the ablation depends on: the training flags (with the run's seed and the variant's config
+    overrides) and the held-out set, as JSON-ready values."""
+    flags = {k: v for k, v in dataclasses.asdict(base).items() if k not in _NOT_SETTINGS}
+    flags.update(seed=seed, config_overrides={**base.config_overrides, **overrides})
+    return json.loads(json.dumps({**flags, "heldout_seed": heldout_seed, "heldout_images": heldout_images}))
+
+
+def _read_record(path: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        record = json.loads(Path(path).read_text())
+        missing = {"intersections", "unions", "kinds", "eval_history", "seconds_per_step"} - set(record)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as error:
+        raise TrainingError(f"{path} is not an ablation record: {error}") from None
+    if missing:
+        raise TrainingError(f"{path} is not an ablation record: it lacks {sorted(missing)}.")
+    made = record.get("settings")
+    if made is not None and made != settings:  # records written before settings were stored are taken as they are
+        differ = sorted(k for k in set(made) | set(settings) if made.get(k) != settings.get(k))
+        first = differ[0]
+        raise TrainingError(
+            f"{path} was made with other settings ({', '.join(differ)}; e.g. {first}={made.get(first)!r}, "
+            f"now {settings.get(first)!r}); move it away or rerun with its settings."
+        )
+    return record
 
 
 # ------------------------------------------------------------------------------------------------ statistics
