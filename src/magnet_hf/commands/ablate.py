@@ -58,12 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise TrainingError("--seeds must be distinct.")
         base.validate()
         selected = _selected_variants(ablation.variants)
-        if ablation.records is not None and Path(ablation.records).exists() and not Path(ablation.records).is_dir():
-            raise TrainingError(f"--records {ablation.records} exists and is not a folder.")
-        results = run_ablation(
-            base, ablation.seeds, selected, ablation.heldout_seed, ablation.heldout_images,
-            None if ablation.records is None else Path(ablation.records),
-        )  # fmt: skip
+        records = None if ablation.records is None else Path(ablation.records)
+        if records is not None and records.exists() and not records.is_dir():
+            raise TrainingError(f"--records {records} exists and is not a folder.")
+        results = run_ablation(base, ablation.seeds, selected, ablation.heldout_seed, ablation.heldout_images, records)
     except TrainingError as error:
         exit_status.error(error)
         return exit_status.BAD_INPUT
