@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..training.arguments import parse_override
 from .arguments import option
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -51,6 +52,7 @@ CONFIGURATION_KEYS = (
     "dtype",  # "float32", or "bfloat16" (autocast; the weights stay fp32)
     "device",
     "compile",  # whether the model ran through torch.compile
+    "config_overrides",  # MagNetConfig fields set on the preset (--config-override)
     "threads",  # torch intra-op threads
     "repeats",
     "forward_seconds",  # every timed forward of the whole batch
@@ -101,6 +103,8 @@ class BenchmarkSettings:
         seed: seed of the random weights and inputs.
         profile: after the timed forwards, run one more under `torch.profiler` and report where its time goes
             (`benchmark_profile.profile_forward`), in the result's `"profile"`.
+        config_overrides: `MagNetConfig` fields set on the preset (`--config-override KEY=VALUE`, as in training),
+            e.g. `use_mask_grounding=false` to time an ablation variant's training step.
     """
 
     preset: str = option("magnet-base", choices=PRESET_NAMES)
@@ -118,6 +122,9 @@ class BenchmarkSettings:
     matmul_size: int = option(4096, minimum=1)
     seed: int = option(0)
     profile: bool = option(False, "profile one more forward and print where its time goes")
+    config_overrides: dict[str, Any] = option(dict, "set a MagNetConfig field (JSON value), e.g. use_mask_grounding=false",
+                                              flag="--config-override", action="append", parse=parse_override,
+                                              metavar="KEY=VALUE")  # fmt: skip
 
     def validate(self) -> None:
         """Raises `ValueError` naming the first invalid setting."""
@@ -146,6 +153,13 @@ class BenchmarkSettings:
             raise ValueError(f"threads must be a positive integer, got {self.threads!r}.")
         if not isinstance(self.matmul_size, int) or self.matmul_size < 64:
             raise ValueError(f"matmul_size must be an integer of at least 64, got {self.matmul_size!r}.")
+        from ..training.arguments import TrainingError
+        from ..training.setup import split_config_overrides
+
+        try:
+            split_config_overrides(self.config_overrides)
+        except TrainingError as error:
+            raise ValueError(str(error)) from None
 
     @property
     def measures_training(self) -> bool:
@@ -311,12 +325,17 @@ def count_model_flops(model, inputs: dict[str, torch.Tensor]) -> int:
     return int(counter.get_total_flops())
 
 
-def _build_model(preset: str, image_size: int | None, device: torch.device, seed: int):
-    from ..configuration_magnet import MagNetConfig
+def _build_model(preset: str, image_size: int | None, device: torch.device, seed: int, config_overrides: dict[str, Any]):
+    from ..configuration_magnet import PRESETS, MagNetConfig
     from ..modeling_magnet import MagNetForReferringSegmentation
+    from ..training.setup import split_config_overrides
 
     torch.manual_seed(seed)
-    overrides = {} if image_size is None else {"image_size": image_size}
+    overrides, text_overrides = split_config_overrides(config_overrides)
+    if text_overrides:
+        overrides["text_config"] = {**PRESETS[preset].get("text_config", {}), **text_overrides}
+    if image_size is not None:
+        overrides["image_size"] = image_size
     config = MagNetConfig.from_preset(preset, **overrides)
     model = MagNetForReferringSegmentation(config)
     # post_init leaves the fusion gates closed (zero), which would make the language stream inert: open them so the
@@ -340,7 +359,7 @@ def benchmark_configuration(
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     load_before = _load_average()
-    model, config = _build_model(settings.preset, settings.image_size, device, settings.seed)
+    model, config = _build_model(settings.preset, settings.image_size, device, settings.seed, settings.config_overrides)
     image_size = config.image_size
     inputs = make_inputs(config, batch_size, image_size, device, settings.seed)
 
@@ -383,6 +402,7 @@ def benchmark_configuration(
         "dtype": settings.dtype,
         "device": settings.device,
         "compile": settings.compile,
+        "config_overrides": dict(settings.config_overrides),
         "threads": torch.get_num_threads(),
         "repeats": settings.repeats,
         "forward_seconds": times,
@@ -552,11 +572,16 @@ def run_benchmark(settings: BenchmarkSettings, log=None) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _overrides_text(result: dict[str, Any]) -> str:
+    overrides = result.get("config_overrides") or {}
+    return "".join(f" {key}={json.dumps(value)}" for key, value in overrides.items())
+
+
 def format_configuration(result: dict[str, Any]) -> str:
     memory = result["peak_memory_bytes"] / 2**30
     line = (
         f"{result['preset']} batch {result['batch_size']} {result['dtype']} {result['device']}"
-        f"{' compiled' if result['compile'] else ''}: forward median {result['forward_seconds_median']:.3f} s "
+        f"{' compiled' if result['compile'] else ''}{_overrides_text(result)}: forward median {result['forward_seconds_median']:.3f} s "
         f"(min {result['forward_seconds_min']:.3f}, max {result['forward_seconds_max']:.3f}, "
         f"IQR {result['forward_seconds_iqr']:.3f}), {result['seconds_per_image']:.3f} s/image, "
         f"{result['images_per_second']:.2f} images/s, peak {result['peak_memory_kind']} {memory:.2f} GiB, "

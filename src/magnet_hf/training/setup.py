@@ -81,17 +81,26 @@ def build_processor(args: TrainingArguments, train_split: Any, image_size: int) 
     return MagNetProcessor(MagNetImageProcessor(size={"height": image_size, "width": image_size}), tokenizer)
 
 
-def build_config(args: TrainingArguments, processor: Any) -> Any:
-    """`MagNetConfig` of a preset run with `--image-size`, `--config-override` and the loss switches applied."""
-    from ..configuration_magnet import MagNetConfig, PRESETS
+def split_config_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`--config-override` pairs as (MagNetConfig fields, `text_config.` fields without the prefix); raises
+    `TrainingError` naming any key that is neither."""
+    from ..configuration_magnet import MagNetConfig
 
-    overrides = dict(args.config_overrides)
     known, known_text = set(MagNetConfig().to_dict()), set(MagNetConfig().text_config.to_dict())
     unknown = [key for key in overrides if key not in known and not (key.startswith("text_config.") and key[12:] in known_text)]
     if unknown:
         # PretrainedConfig keeps unknown keyword arguments as attributes, so a typo would be saved and ignored.
         raise TrainingError(f"--config-override: unknown MagNetConfig field(s) {unknown}.")
-    text_overrides = {key[len("text_config."):]: overrides.pop(key) for key in list(overrides) if key.startswith("text_config.")}
+    top = {key: value for key, value in overrides.items() if not key.startswith("text_config.")}
+    text = {key[len("text_config."):]: value for key, value in overrides.items() if key.startswith("text_config.")}
+    return top, text
+
+
+def build_config(args: TrainingArguments, processor: Any) -> Any:
+    """`MagNetConfig` of a preset run with `--image-size`, `--config-override` and the loss switches applied."""
+    from ..configuration_magnet import MagNetConfig, PRESETS
+
+    overrides, text_overrides = split_config_overrides(args.config_overrides)
     text_config = {**PRESETS[args.preset].get("text_config", {}), **text_overrides}
     if args.text_encoder is None:
         # From scratch the embedding table follows the tokenizer; a pretrained BERT keeps its own size.
