@@ -247,5 +247,8 @@ def format_report(summary: Mapping[str, Mapping[str, Any]], curve: list[tuple[in
                   "| val oIoU | " + " | ".join(f"{100 * value:.1f}" for _, value in curve) + " |"]  # fmt: skip
     lines.append("")
     num = next(iter(summary.values()))["num_expressions"]
-    lines.append(f"{num} held-out expressions; intervals: paired bootstrap over expressions, seeds averaged.")
+    lines.append(f"{num} held-out expressions; intervals: paired bootstrap over expressions, seeds averaged. s/step: "
+                 "median of the steps timed inside the runs, so it holds the speed and load of the machines they ran "
+                 "on; compare only runs made on one machine (`scripts/benchmark.py --config-override` times the "
+                 "variants side by side).")
     return "\n".join(lines)
