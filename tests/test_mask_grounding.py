@@ -190,6 +190,29 @@ def test_visual_and_mask_tokens_follow_the_configured_stride():
         MagNetConfig.from_preset("magnet-tiny", mask_grounding_mask_probability=1.5)
 
 
+def test_mask_tokens_either_stand_beside_the_visual_tokens_or_are_added_to_them():
+    # "add" gives one token per place, the sum of the visual and mask tokens that "concatenate" puts side by side
+    # (same weights: the layout adds no parameter), so a masked word reads the target's visual features in one hop.
+    tokens = {}
+    for layout in ("concatenate", "add"):
+        model = tiny_model(seed=2, mask_grounding_mask_tokens=layout)
+        predictor = model.mask_grounding.token_predictor
+        handle = predictor.register_forward_hook(lambda module, args, out, layout=layout: tokens.update({layout: args[0]}))
+        with torch.no_grad():
+            loss = model(**masked_batch(size=128)).loss_dict["loss_mask_grounding"]
+        handle.remove()
+        assert torch.isfinite(loss) and loss > 0
+    words, places = 10, 8 * 8  # stride 16 at 128 px
+    assert tokens["concatenate"].shape[1] == words + 2 * places and tokens["add"].shape[1] == words + places
+    concatenated = tokens["concatenate"]
+    torch.testing.assert_close(tokens["add"][:, :words], concatenated[:, :words], rtol=0, atol=0)
+    torch.testing.assert_close(
+        tokens["add"][:, words:], concatenated[:, words : words + places] + concatenated[:, words + places :]
+    )
+    with pytest.raises(ValueError, match="mask_grounding_mask_tokens"):
+        MagNetConfig.from_preset("magnet-tiny", mask_grounding_mask_tokens="interleave")
+
+
 def test_predictor_is_a_bert_stack_with_a_head_tied_to_the_word_embeddings(tmp_path):
     from transformers.models.bert.modeling_bert import BertLayer, BertLMPredictionHead
 

@@ -11,6 +11,7 @@ from transformers import BertConfig, PreTrainedConfig
 #: `separate`: segmentation on the unmasked sentence plus a second fused pass on the masked one; `shared`: one pass
 #: on the masked sentence serves both.
 MASK_GROUNDING_MODES = ("separate", "shared")
+MASK_GROUNDING_MASK_TOKENS = ("concatenate", "add")
 
 #: See `MagNetConfig.magnet_implementation` (the fast path itself is `fast_path_magnet.py`).
 MAGNET_IMPLEMENTATIONS = ("auto", "reference", "fast")
@@ -107,6 +108,11 @@ class MagNetConfig(PreTrainedConfig):
         mask_grounding_visual_stride (`int`, *optional*, defaults to 16):
             Stride (4, 8, 16 or 32) of the fused stage map whose pixels are the visual tokens, and the grid of the
             mask tokens: 16 gives 8x8 tokens at 128x128 and 30x30 at 480x480.
+        mask_grounding_mask_tokens (`str`, *optional*, defaults to `"concatenate"`):
+            How the Masked Token Predictor receives the mask tokens. `"concatenate"` (the paper's description): as
+            tokens of their own beside the visual tokens, so that reading the target's visual features takes a
+            masked word two attention hops (find the mask, then the visual token at its place). `"add"`: each mask
+            token is added to the visual token at its place, one token per place, so that one hop reads them.
         mask_grounding_mask_probability (`float`, *optional*, defaults to 0.15):
             Each non-special token of a training sentence is chosen for Mask Grounding independently with this
             probability (OVR-CNN's rule, which the authors point to); a sentence that draws none adds no loss.
@@ -176,6 +182,7 @@ class MagNetConfig(PreTrainedConfig):
         mask_grounding_loss_weight: float = 1.0,
         mask_grounding_mode: str = "separate",
         mask_grounding_visual_stride: int = 16,
+        mask_grounding_mask_tokens: str = "concatenate",
         mask_grounding_mask_probability: float = 0.15,
         mask_grounding_replace_probability: float = 0.9,
         mask_grounding_hidden_size: int = 256,
@@ -230,6 +237,7 @@ class MagNetConfig(PreTrainedConfig):
         self.mask_grounding_loss_weight = mask_grounding_loss_weight
         self.mask_grounding_mode = mask_grounding_mode
         self.mask_grounding_visual_stride = mask_grounding_visual_stride
+        self.mask_grounding_mask_tokens = mask_grounding_mask_tokens
         self.mask_grounding_mask_probability = mask_grounding_mask_probability
         self.mask_grounding_replace_probability = mask_grounding_replace_probability
         self.mask_grounding_hidden_size = mask_grounding_hidden_size
@@ -356,6 +364,11 @@ class MagNetConfig(PreTrainedConfig):
             )
         if self.mask_grounding_mode not in MASK_GROUNDING_MODES:
             fail("mask_grounding_mode", f"must be one of {MASK_GROUNDING_MODES}, got {self.mask_grounding_mode!r}.")
+        if self.mask_grounding_mask_tokens not in MASK_GROUNDING_MASK_TOKENS:
+            fail(
+                "mask_grounding_mask_tokens",
+                f"must be one of {MASK_GROUNDING_MASK_TOKENS}, got {self.mask_grounding_mask_tokens!r}.",
+            )
         strides = self.mask_grounding_strides
         if self.mask_grounding_visual_stride not in strides:
             fail(

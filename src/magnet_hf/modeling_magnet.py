@@ -1198,7 +1198,8 @@ class MagNetMaskGroundingHead(nn.Module):
 
     Each stream is projected to `mask_grounding_hidden_size`, layer-normalised and tagged with a learned modality
     embedding; visual and mask tokens share a sine position encoding, so a mask token and the visual token at its
-    place are aligned. [`MagNetMaskedTokenPredictor`] classifies the masked positions over the vocabulary.
+    place are aligned; with `config.mask_grounding_mask_tokens="add"` each mask token is added to that visual token
+    instead of standing beside it. [`MagNetMaskedTokenPredictor`] classifies the masked positions over the vocabulary.
     """
 
     def __init__(self, config: MagNetConfig):
@@ -1211,6 +1212,7 @@ class MagNetMaskGroundingHead(nn.Module):
         self.mask_norm = nn.LayerNorm(hidden)
         self.modality_embeddings = nn.Parameter(torch.zeros(3, hidden))  # language, visual, mask
         self.position_embedding = Mask2FormerSinePositionEmbedding(num_position_features=hidden // 2, normalize=True)
+        self.add_mask_to_visual = config.mask_grounding_mask_tokens == "add"
         self.token_predictor = MagNetMaskedTokenPredictor(config)
 
     def forward(
@@ -1241,7 +1243,10 @@ class MagNetMaskGroundingHead(nn.Module):
         visual = visual + self.modality_embeddings[1] + positions  # (batch, h*w, hidden)
         mask = self.mask_encoder(labels, grid).flatten(2).transpose(1, 2)  # (batch, h*w, hidden)
         mask = self.mask_norm(mask) + self.modality_embeddings[2] + positions
-        tokens = torch.cat([language, visual, mask], dim=1)  # (batch, words + 2*h*w, hidden)
+        if self.add_mask_to_visual:
+            tokens = torch.cat([language, visual + mask], dim=1)  # (batch, words + h*w, hidden)
+        else:
+            tokens = torch.cat([language, visual, mask], dim=1)  # (batch, words + 2*h*w, hidden)
         token_mask = torch.ones(tokens.shape[:2], dtype=attention_mask.dtype, device=tokens.device)
         token_mask[:, : attention_mask.shape[1]] = attention_mask  # language padding is never attended
         return self.token_predictor(tokens, token_mask, predict_positions)
