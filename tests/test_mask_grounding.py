@@ -213,6 +213,33 @@ def test_mask_tokens_either_stand_beside_the_visual_tokens_or_are_added_to_them(
         MagNetConfig.from_preset("magnet-tiny", mask_grounding_mask_tokens="interleave")
 
 
+def test_instance_norm_makes_the_visual_tokens_blind_to_channels_that_are_the_same_for_every_place():
+    # A per-channel constant (what trained fused maps carry, nearly the same for every image) must not reach the
+    # predictor under "instance"; under "none" it does, and drowns the rest after the layer norm.
+    generator = torch.Generator().manual_seed(3)
+    language = torch.randn(2, 6, 32, generator=generator)
+    attention_mask = torch.ones(2, 6, dtype=torch.long)
+    labels = (torch.rand(2, 64, 64, generator=generator) > 0.7).float()
+    positions = torch.zeros(2, 6, dtype=torch.bool)
+    positions[:, 2] = True
+    for norm in ("none", "instance"):
+        model = tiny_model(seed=1, mask_grounding_visual_norm=norm, mask_grounding_visual_stride=8)
+        head = model.mask_grounding
+        channels = model.config.stage_dims[model.config.mask_grounding_stage]
+        language_features = language[..., :1].expand(-1, -1, model.config.text_config.hidden_size).contiguous()
+        visual = torch.randn(2, channels, 8, 8, generator=generator)
+        offset = 50 * torch.randn(1, channels, 1, 1, generator=generator)
+        with torch.no_grad():
+            plain = head(language_features, attention_mask, visual, labels, positions)
+            shifted = head(language_features, attention_mask, visual + offset, labels, positions)
+        if norm == "instance":
+            torch.testing.assert_close(shifted, plain, rtol=1e-4, atol=1e-4)
+        else:
+            assert (shifted - plain).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="mask_grounding_visual_norm"):
+        MagNetConfig.from_preset("magnet-tiny", mask_grounding_visual_norm="batch")
+
+
 def test_predictor_is_a_bert_stack_with_a_head_tied_to_the_word_embeddings(tmp_path):
     from transformers.models.bert.modeling_bert import BertLayer, BertLMPredictionHead
 

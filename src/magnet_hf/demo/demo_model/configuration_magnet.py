@@ -12,6 +12,7 @@ from transformers import BertConfig, PreTrainedConfig
 #: on the masked sentence serves both.
 MASK_GROUNDING_MODES = ("separate", "shared")
 MASK_GROUNDING_MASK_TOKENS = ("concatenate", "add")
+MASK_GROUNDING_VISUAL_NORMS = ("none", "instance")
 
 #: See `MagNetConfig.magnet_implementation` (the fast path itself is `fast_path_magnet.py`).
 MAGNET_IMPLEMENTATIONS = ("auto", "reference", "fast")
@@ -113,6 +114,11 @@ class MagNetConfig(PreTrainedConfig):
             tokens of their own beside the visual tokens, so that reading the target's visual features takes a
             masked word two attention hops (find the mask, then the visual token at its place). `"add"`: each mask
             token is added to the visual token at its place, one token per place, so that one hop reads them.
+        mask_grounding_visual_norm (`str`, *optional*, defaults to `"none"`):
+            `"instance"` normalises each channel of the visual tokens' fused map over its places, per image, before
+            the projection. Trained fused maps carry channels that are nearly the same for every image (measured:
+            they vary by 0.1-1.5 % across scenes at strides 8-32), and through the projection and its layer norm
+            those constants drown what differs between scenes, so that the predictor can learn to ignore the image.
         mask_grounding_mask_probability (`float`, *optional*, defaults to 0.15):
             Each non-special token of a training sentence is chosen for Mask Grounding independently with this
             probability (OVR-CNN's rule, which the authors point to); a sentence that draws none adds no loss.
@@ -183,6 +189,7 @@ class MagNetConfig(PreTrainedConfig):
         mask_grounding_mode: str = "separate",
         mask_grounding_visual_stride: int = 16,
         mask_grounding_mask_tokens: str = "concatenate",
+        mask_grounding_visual_norm: str = "none",
         mask_grounding_mask_probability: float = 0.15,
         mask_grounding_replace_probability: float = 0.9,
         mask_grounding_hidden_size: int = 256,
@@ -238,6 +245,7 @@ class MagNetConfig(PreTrainedConfig):
         self.mask_grounding_mode = mask_grounding_mode
         self.mask_grounding_visual_stride = mask_grounding_visual_stride
         self.mask_grounding_mask_tokens = mask_grounding_mask_tokens
+        self.mask_grounding_visual_norm = mask_grounding_visual_norm
         self.mask_grounding_mask_probability = mask_grounding_mask_probability
         self.mask_grounding_replace_probability = mask_grounding_replace_probability
         self.mask_grounding_hidden_size = mask_grounding_hidden_size
@@ -368,6 +376,11 @@ class MagNetConfig(PreTrainedConfig):
             fail(
                 "mask_grounding_mask_tokens",
                 f"must be one of {MASK_GROUNDING_MASK_TOKENS}, got {self.mask_grounding_mask_tokens!r}.",
+            )
+        if self.mask_grounding_visual_norm not in MASK_GROUNDING_VISUAL_NORMS:
+            fail(
+                "mask_grounding_visual_norm",
+                f"must be one of {MASK_GROUNDING_VISUAL_NORMS}, got {self.mask_grounding_visual_norm!r}.",
             )
         strides = self.mask_grounding_strides
         if self.mask_grounding_visual_stride not in strides:

@@ -1199,7 +1199,8 @@ class MagNetMaskGroundingHead(nn.Module):
     Each stream is projected to `mask_grounding_hidden_size`, layer-normalised and tagged with a learned modality
     embedding; visual and mask tokens share a sine position encoding, so a mask token and the visual token at its
     place are aligned; with `config.mask_grounding_mask_tokens="add"` each mask token is added to that visual token
-    instead of standing beside it. [`MagNetMaskedTokenPredictor`] classifies the masked positions over the vocabulary.
+    instead of standing beside it, and with `mask_grounding_visual_norm="instance"` the fused map is normalised per
+    image and channel first. [`MagNetMaskedTokenPredictor`] classifies the masked positions over the vocabulary.
     """
 
     def __init__(self, config: MagNetConfig):
@@ -1207,6 +1208,12 @@ class MagNetMaskGroundingHead(nn.Module):
         hidden = config.mask_grounding_hidden_size
         visual_dim = config.stage_dims[config.mask_grounding_stage]
         self.language_projection = nn.Sequential(nn.Linear(config.text_config.hidden_size, hidden), nn.LayerNorm(hidden))
+        # Per image and channel over the places (no weights): see `MagNetConfig.mask_grounding_visual_norm`.
+        self.visual_norm = (
+            nn.GroupNorm(visual_dim, visual_dim, affine=False)
+            if config.mask_grounding_visual_norm == "instance"
+            else nn.Identity()
+        )
         self.visual_projection = nn.Sequential(nn.Linear(visual_dim, hidden), nn.LayerNorm(hidden))
         self.mask_encoder = MagNetMaskEncoder(hidden)
         self.mask_norm = nn.LayerNorm(hidden)
@@ -1239,7 +1246,8 @@ class MagNetMaskGroundingHead(nn.Module):
         positions = self.position_embedding(
             (batch_size, 1, *grid), visual_features.device, language.dtype
         ).flatten(2).transpose(1, 2)  # (batch, h*w, hidden)
-        visual = self.visual_projection(visual_features.flatten(2).transpose(1, 2).to(language.dtype))
+        visual_features = self.visual_norm(visual_features.to(language.dtype))  # (batch, C_k, h, w)
+        visual = self.visual_projection(visual_features.flatten(2).transpose(1, 2))
         visual = visual + self.modality_embeddings[1] + positions  # (batch, h*w, hidden)
         mask = self.mask_encoder(labels, grid).flatten(2).transpose(1, 2)  # (batch, h*w, hidden)
         mask = self.mask_norm(mask) + self.modality_embeddings[2] + positions
