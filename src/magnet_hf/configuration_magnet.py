@@ -370,18 +370,13 @@ class MagNetConfig(PreTrainedConfig):
                 "mask_grounding_num_heads",
                 f"{self.mask_grounding_num_heads} heads do not divide mask_grounding_hidden_size {grounding_width}.",
             )
-        if self.mask_grounding_mode not in MASK_GROUNDING_MODES:
-            fail("mask_grounding_mode", f"must be one of {MASK_GROUNDING_MODES}, got {self.mask_grounding_mode!r}.")
-        if self.mask_grounding_mask_tokens not in MASK_GROUNDING_MASK_TOKENS:
-            fail(
-                "mask_grounding_mask_tokens",
-                f"must be one of {MASK_GROUNDING_MASK_TOKENS}, got {self.mask_grounding_mask_tokens!r}.",
-            )
-        if self.mask_grounding_visual_norm not in MASK_GROUNDING_VISUAL_NORMS:
-            fail(
-                "mask_grounding_visual_norm",
-                f"must be one of {MASK_GROUNDING_VISUAL_NORMS}, got {self.mask_grounding_visual_norm!r}.",
-            )
+        for field, choices in (
+            ("mask_grounding_mode", MASK_GROUNDING_MODES),
+            ("mask_grounding_mask_tokens", MASK_GROUNDING_MASK_TOKENS),
+            ("mask_grounding_visual_norm", MASK_GROUNDING_VISUAL_NORMS),
+        ):
+            if getattr(self, field) not in choices:
+                fail(field, f"must be one of {choices}, got {getattr(self, field)!r}.")
         strides = self.mask_grounding_strides
         if self.mask_grounding_visual_stride not in strides:
             fail(
