@@ -162,7 +162,7 @@ def test_demo_prints_iou_and_kind_of_every_expression_and_names_the_contact_shee
     from magnet_hf.data.synthetic import EXPRESSION_KINDS
 
     output = tmp_path / "demo"
-    assert main(["demo", "--model", str(model_folder), "--output", str(output), "--num-expressions", "6"]) == 0
+    assert main(["demo", "--model", str(model_folder), "--output", str(output), "--scenes", "2", "--num-expressions", "6"]) == 0
     printed = capsys.readouterr().out
     scene_files = re.search(r"^Scenes: (.+)$", printed, flags=re.M).group(1).split(", ")
     scenes = {}
@@ -203,7 +203,7 @@ def test_demo_reruns_in_its_own_folder_and_never_touches_other_files(model_folde
     output = tmp_path / "demo"
     output.mkdir()
     (output / "notes.txt").write_text("the user's own file")
-    argv = ["demo", "--model", str(model_folder), "--output", str(output)]
+    argv = ["demo", "--model", str(model_folder), "--output", str(output), "--scenes", "2"]
     assert main(argv + ["--num-expressions", "6"]) == 0
     first = _folder_state(output)
     assert len(first) == 1 + 1 + 2 + 2 * 6  # notes, contact sheet, two scenes, a mask and an overlay per expression
@@ -222,11 +222,11 @@ def test_demo_reruns_in_its_own_folder_and_never_touches_other_files(model_folde
         if name != "notes.txt":
             (foreign / name).write_text("not the demo's")
     before = _folder_state(foreign)
-    assert main(["demo", "--model", str(model_folder), "--output", str(foreign), "--num-expressions", "4"]) == 2
+    assert main(["demo", "--model", str(model_folder), "--output", str(foreign), "--scenes", "2", "--num-expressions", "4"]) == 2
     error = capsys.readouterr().err
     assert f"{len(before)} of the demo's {len(second) - 1} output files already exist" in error and "--overwrite" in error
     assert _folder_state(foreign) == before
-    assert main(["demo", "--model", str(model_folder), "--output", str(foreign), "--num-expressions", "4", "--overwrite"]) == 0
+    assert main(["demo", "--model", str(model_folder), "--output", str(foreign), "--scenes", "2", "--num-expressions", "4", "--overwrite"]) == 0
     assert _folder_state(foreign).keys() == second.keys() - {"notes.txt"}
 
 

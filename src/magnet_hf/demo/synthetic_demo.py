@@ -24,8 +24,10 @@ from .segmentation import (
 #: The demo's record of the files it wrote in its output folder: on a re-run it replaces those and nothing else.
 DEMO_MANIFEST = ".magnet-demo.json"
 CONTACT_SHEET = "contact_sheet.png"
-DEMO_NUM_SCENES = 2
-DEMO_NUM_EXPRESSIONS = 8
+# Four expressions on each of four scenes: over 8 expressions the printed mean IoU of one model moved from 0.55 to
+# 0.84 between scene windows (30 windows of seed 1), over 16 from 0.63 to 0.79 (15 windows).
+DEMO_NUM_SCENES = 4
+DEMO_NUM_EXPRESSIONS = 16
 # IoU from which a tile's caption counts the mask as right (green) rather than wrong (red).
 _RIGHT_IOU = 0.5
 _RIGHT_COLOUR, _WRONG_COLOUR = (120, 230, 120), (255, 130, 120)
