@@ -465,3 +465,12 @@ def test_an_expression_of_control_and_zero_width_characters_is_refused(model_fol
 def test_an_unknown_config_override_is_refused(tmp_path, capsys):
     code = train_main([*SHORT, "--max-steps", "1", "--config-override", "drop_path_rat=0", "--output-dir", str(tmp_path / "run")])
     assert code == exit_status.BAD_INPUT and "drop_path_rat" in capsys.readouterr().err
+
+
+def test_a_run_logged_to_a_file_prints_its_losses_without_being_asked(tmp_path, capsys):
+    # With the default progress bar and no terminal (output redirected to a log), tqdm hides the bar: the step lines
+    # must be printed instead, or a batch job's log shows no loss at all.
+    arguments = [flag for flag in SHORT if flag != "--no-progress"]
+    assert train_main([*arguments, "--max-steps", "2", "--logging-steps", "1", "--output-dir", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split(":")[0] for line in printed.splitlines() if line.startswith("step ")] == ["step 1/2", "step 2/2"]
