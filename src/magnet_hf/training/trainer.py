@@ -552,7 +552,7 @@ class _Run:
         self.state.log_history.append(entry)
         self.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=step)
         self.progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
-        if (not self.args.progress or self.progress.disable) and self.accelerator.is_main_process:
+        if self.progress.disable and self.accelerator.is_main_process:  # --no-progress disables the bar too
             # Without a bar (--no-progress, or output redirected to a log file, where tqdm hides it) the loss still
             # has to show up somewhere readable.
             self.progress.write(f"step {step}/{self.total_steps}: loss {entry['loss']:.4f}  lr {entry['lr']:.2e}")
