@@ -177,6 +177,34 @@ def test_config_overrides_time_an_ablation_variant(tmp_path, capsys):
     assert "magnet-tiny batch 1 float32 cpu use_mask_grounding=false text_config.hidden_dropout_prob=0:" in lines[1]
 
 
+def test_profile_takes_each_operators_median_so_a_stall_in_one_forward_does_not_count():
+    from magnet_hf.commands.benchmark_profile import MATRIX_KIND, profile_forward
+
+    weight, inputs = torch.randn(256, 256), torch.randn(1024, 256)
+    big = torch.randn(300_000)
+    calls = []
+
+    def forward():
+        calls.append(None)
+        output = torch.nn.functional.linear(inputs, weight)
+        if len(calls) == 2:  # one forward of five is hit by a "stall": work no other forward does
+            torch.sort(big)
+        return output
+
+    profile = profile_forward(forward, runs=5)
+    assert len(calls) == 5 and profile["runs"] == 5
+    names = [op["name"] for op in profile["top_operators"]]
+    assert "aten::sort" not in names and names[0] == "aten::mm"
+    assert profile["shares"][MATRIX_KIND] > 0.5 and sum(profile["shares"].values()) == pytest.approx(1.0)
+    # With the stalled forward alone, the sort is there and dominates.
+    calls.clear()
+    calls.append(None)
+    stalled = profile_forward(forward, runs=1)
+    assert stalled["top_operators"][0]["name"] == "aten::sort"
+    with pytest.raises(ValueError, match="at least one run"):
+        profile_forward(forward, runs=0)
+
+
 def test_profile_accounts_for_the_whole_forward_by_kind_of_work(capsys):
     from magnet_hf.commands.benchmark_profile import MATRIX_KIND, OTHER_KIND, OPERATOR_KINDS
 

@@ -77,7 +77,7 @@ CONFIGURATION_KEYS = (
     "train_floor_fraction",  # train_step_flops at the matmul rate / median training step
     "bf16_mask_logits_max_abs_diff",  # bfloat16 only: against fp32 on the same inputs
     "bf16_mask_iou",  # bfloat16 only: IoU of the thresholded (logit > 0) masks against fp32
-    "profile",  # --profile only: one more forward's time by kind of work (`benchmark_profile.profile_forward`)
+    "profile",  # --profile only: a forward's median time by kind of work (`benchmark_profile.profile_forward`)
     "load_average",  # 1-minute load average before and after, to spot a busy machine
 )
 
@@ -101,8 +101,8 @@ class BenchmarkSettings:
         isolate: run each configuration in a fresh Python process (clean peak-memory figures).
         matmul_size: side of the square fp32 matmul that measures the machine's rate.
         seed: seed of the random weights and inputs.
-        profile: after the timed forwards, run one more under `torch.profiler` and report where its time goes
-            (`benchmark_profile.profile_forward`), in the result's `"profile"`.
+        profile: after the timed forwards, run a few more under `torch.profiler` and report where a forward's time
+            goes, each operator's median over them (`benchmark_profile.profile_forward`), in the result's `"profile"`.
         config_overrides: `MagNetConfig` fields set on the preset (`--config-override KEY=VALUE`, as in training),
             e.g. `use_mask_grounding=false` to time an ablation variant's training step.
     """
@@ -121,7 +121,7 @@ class BenchmarkSettings:
     isolate: bool = option(True, "run every configuration in this process", flag="--no-isolate")
     matmul_size: int = option(4096, minimum=1)
     seed: int = option(0)
-    profile: bool = option(False, "profile one more forward and print where its time goes")
+    profile: bool = option(False, "profile a few more forwards and print where the time goes")
     config_overrides: dict[str, Any] = option(dict, "set a MagNetConfig field (JSON value), e.g. use_mask_grounding=false",
                                               flag="--config-override", action="append", parse=parse_override,
                                               metavar="KEY=VALUE")  # fmt: skip

@@ -1,6 +1,6 @@
 # Copyright 2026 The magnet_hf authors. Licensed under the Apache License, Version 2.0.
-"""Where a forward's time goes: `scripts/benchmark.py --profile` runs one more forward under `torch.profiler` and
-groups the operators' self time into the kinds of work that decide the fraction of the compute floor.
+"""Where a forward's time goes: `scripts/benchmark.py --profile` runs a few more forwards under `torch.profiler`, takes
+each operator's median self time and groups it into the kinds of work that decide the fraction of the compute floor.
 
 The floor counts only matrix-product FLOPs at the machine's matmul rate, so the fraction reached is bounded by the
 share of time spent in matrix products times their own rate against the probe's; the other kinds (copies, window
@@ -35,41 +35,62 @@ OTHER_KIND = "element-wise, norms and the rest"
 MATRIX_KIND = "matrix products and convolutions"
 
 
-def profile_forward(forward: Callable[[], Any], top: int = 10) -> dict[str, Any]:
+#: Profiled forwards per configuration. One forward of a small model lasts tens of milliseconds, so a single stall
+#: (the scheduler, a page fault) can land on one operator and swamp it; the per-operator median over a few forwards
+#: ignores a stall that hits one of them.
+PROFILED_FORWARDS = 5
+
+
+def profile_forward(forward: Callable[[], Any], top: int = 10, runs: int = PROFILED_FORWARDS) -> dict[str, Any]:
     """
-    Runs `forward()` once under `torch.profiler` (CPU activity, FLOPs recorded).
+    Runs `forward()` `runs` times, each under its own `torch.profiler` (CPU activity, FLOPs recorded), and takes each
+    operator's median self time, FLOPs and calls over the runs (an operator missing from a run counts as zero there).
 
     Returns:
         `{"self_seconds", "shares": {kind: fraction of self time}, "matrix_gflops_per_second",
-        "top_operators": [{"name", "self_seconds", "share", "calls"}, ...]}`, the shares summing to 1 and the top
-        operators sorted by self time.
+        "top_operators": [{"name", "self_seconds", "share", "calls"}, ...], "runs"}`: the medians of one forward,
+        the shares summing to 1 and the top operators sorted by self time.
     """
+    from statistics import median
+
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as profiler:
-        forward()
-    events = [event for event in profiler.key_averages() if event.self_cpu_time_total > 0]
-    total = sum(event.self_cpu_time_total for event in events)  # microseconds
+    if runs < 1:
+        raise ValueError(f"profile_forward needs at least one run, got {runs}.")
+    per_run = []  # one {operator: (self microseconds, flops, calls)} per forward
+    for _ in range(runs):
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as profiler:
+            forward()
+        per_run.append(
+            {event.key: (event.self_cpu_time_total, event.flops or 0, event.count)
+             for event in profiler.key_averages() if event.self_cpu_time_total > 0}
+        )  # fmt: skip
+    names = sorted({name for run in per_run for name in run})
+    operators = {
+        name: [median(run.get(name, (0, 0, 0))[field] for run in per_run) for field in range(3)] for name in names
+    }
+    operators = {name: values for name, values in operators.items() if values[0] > 0}
+    total = sum(self_time for self_time, _, _ in operators.values())  # microseconds
     kind_of = {name: kind for kind, names in OPERATOR_KINDS.items() for name in names}
     shares = dict.fromkeys([*OPERATOR_KINDS, OTHER_KIND], 0.0)
     matrix_flops = matrix_time = 0.0
-    for event in events:
-        kind = kind_of.get(event.key, OTHER_KIND)
-        shares[kind] += event.self_cpu_time_total / total
+    for name, (self_time, flops, _) in operators.items():
+        kind = kind_of.get(name, OTHER_KIND)
+        shares[kind] += self_time / total
         if kind == MATRIX_KIND:
-            matrix_flops += event.flops or 0
-            matrix_time += event.self_cpu_time_total
-    ranked = sorted(events, key=lambda event: -event.self_cpu_time_total)[:top]
+            matrix_flops += flops
+            matrix_time += self_time
+    ranked = sorted(operators.items(), key=lambda item: -item[1][0])[:top]
     return {
         "self_seconds": total / 1e6,
         "shares": shares,
         # FLOPs per microsecond / 1e3 = GFLOP/s
         "matrix_gflops_per_second": matrix_flops / matrix_time / 1e3 if matrix_time else None,
         "top_operators": [
-            {"name": event.key, "self_seconds": event.self_cpu_time_total / 1e6,
-             "share": event.self_cpu_time_total / total, "calls": event.count}
-            for event in ranked
-        ],  # fmt: skip
+            {"name": name, "self_seconds": self_time / 1e6, "share": self_time / total, "calls": calls}
+            for name, (self_time, _, calls) in ranked
+        ],
+        "runs": runs,
     }
 
 
